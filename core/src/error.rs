@@ -1,0 +1,64 @@
+//! The one error type of the shared storage layer.
+
+/// What went wrong in storage. Backends map their own errors into these variants, so callers
+/// can tell a missing object or a key collision from a broken store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid storage url {url:?}: {reason}")]
+    InvalidStorageUrl { url: String, reason: String },
+
+    #[error("object {path} not found")]
+    NotFound { path: String },
+
+    #[error("object store error at {path}: {source}")]
+    ObjectStore {
+        path: String,
+        #[source]
+        source: object_store::Error,
+    },
+
+    #[error("bucket {bucket}: {message}")]
+    Bucket { bucket: String, message: String },
+
+    #[error("segment {path} is invalid: {reason}")]
+    InvalidSegment { path: String, reason: String },
+
+    /// A different batch already sits at the key a batch was to be written to. Keys derive
+    /// from (producer, sequence), so this means two producers share an id: never overwrite.
+    #[error(
+        "segment {path} already holds a different batch (checksum {existing:08x}, new {new:08x})"
+    )]
+    SegmentConflict {
+        path: String,
+        existing: u32,
+        new: u32,
+    },
+
+    #[error("invalid producer id {0:?}: use 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' or '-'")]
+    InvalidProducerId(String),
+
+    #[error("avro encoding failed: {0}")]
+    Avro(String),
+
+    #[error("local storage at {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn object_store(path: impl Into<String>, source: object_store::Error) -> Self {
+        match source {
+            object_store::Error::NotFound { .. } => Error::NotFound { path: path.into() },
+            source => Error::ObjectStore {
+                path: path.into(),
+                source,
+            },
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The pieces of Sluice that every service shares.
+//!
+//! - [`notification`]: the notification contract — what a platform may POST, how it is
+//!   validated and bounded, and the [`Notification`] record that moves through the pipeline.
+//! - [`color`]: the colors a notification passes through (gray → blue → green → red).
+//! - [`storage`]: opens the one object-store data plane (`file://` or `s3://`), checks or creates
+//!   the bucket with `aws-sdk-s3`, and probes whether the store enforces put-if-absent.
+//! - [`segment`]: the master store's row format, an Avro object container file (zstd) per
+//!   publisher batch with a checksum over its rows.
+//! - [`master`]: the master store itself, segments keyed by (producer, sequence) and written
+//!   put-if-absent, so that a retried batch can never be stored twice.
+//!
+//! Data moves: ingest-api parses and validates a [`Notification`], keeps it gray in shared memory,
+//! and sends it in a batch to the publisher, which writes it with [`master::MasterStore`].
+
+pub mod color;
+pub mod error;
+pub mod master;
+pub mod notification;
+pub mod segment;
+pub mod storage;
+
+pub use color::Color;
+pub use error::{Error, Result};
+pub use notification::Notification;

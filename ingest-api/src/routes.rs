@@ -1,0 +1,249 @@
+//! The HTTP handlers.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sluice_core::Color;
+use sluice_core::notification::now_micros;
+use sluice_proto::v1::StatusRequest;
+
+use crate::AppState;
+use crate::body::{self, Framing};
+use crate::error::ApiError;
+use crate::memory::{AckWaiter, Admitted};
+
+/// How long a write waits before it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// In shared memory (gray): fast, lost if this node dies before the batch is stored.
+    Staged,
+    /// In the master store (blue). The default.
+    Durable,
+    /// In the replica (green).
+    Replicated,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct IngestParams {
+    ack: Option<String>,
+}
+
+impl IngestParams {
+    fn ack(&self) -> Result<Ack, ApiError> {
+        match self.ack.as_deref() {
+            None | Some("durable") => Ok(Ack::Durable),
+            Some("staged") => Ok(Ack::Staged),
+            Some("replicated") => Ok(Ack::Replicated),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "unknown ack level {other:?}: use staged, durable or replicated"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Duplicate {
+    index: usize,
+    platform: String,
+    id: String,
+    color: Color,
+}
+
+#[derive(Debug, Serialize)]
+struct Rejected {
+    index: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<usize>,
+    reason: String,
+}
+
+/// The answer to a POST: counts for the accepted, and one line for each duplicate and each
+/// rejected item, so a large clean batch gets a short answer.
+#[derive(Debug, Serialize)]
+struct IngestResponse {
+    ack: Ack,
+    accepted: usize,
+    duplicates: Vec<Duplicate>,
+    rejected: Vec<Rejected>,
+}
+
+/// `POST /v1/notifications[?ack=staged|durable|replicated]`
+pub(crate) async fn post_notifications(
+    State(state): State<AppState>,
+    params: Result<Query<IngestParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let ack = params.ack()?;
+    if ack == Ack::Replicated {
+        return Err(ApiError::NotImplemented(
+            "ack=replicated needs the replica, which this version does not build yet; use \
+             ack=durable (the default) or ack=staged"
+                .to_string(),
+        ));
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let framing = Framing::from_content_type(content_type)?;
+    let body = body?;
+    let items = body::parse(&body, framing, now_micros(), state.config.max_items)?;
+
+    let mut rejected = Vec::new();
+    let mut candidates = Vec::with_capacity(items.len());
+    let mut candidate_indexes = Vec::with_capacity(items.len());
+    for item in items {
+        match item.parsed {
+            Ok(notification) => {
+                candidates.push(notification);
+                candidate_indexes.push(item.index);
+            }
+            Err(reason) => rejected.push(Rejected {
+                index: item.index,
+                line: item.line,
+                reason,
+            }),
+        }
+    }
+    if candidates.is_empty() {
+        let answer = IngestResponse {
+            ack,
+            accepted: 0,
+            duplicates: Vec::new(),
+            rejected,
+        };
+        return Ok((StatusCode::BAD_REQUEST, Json(json!(answer))));
+    }
+
+    let keys: Vec<(String, String)> = candidates
+        .iter()
+        .map(|n| (n.platform.clone(), n.id.clone()))
+        .collect();
+    let waiter = (ack == Ack::Durable).then(AckWaiter::new);
+    let (outcomes, staged) = state
+        .memory
+        .admit(candidates, waiter.as_ref().map(|w| (Color::Blue, w)))
+        .map_err(|full| ApiError::MemoryFull {
+            used: full.used,
+            budget: full.budget,
+            retry_after_secs: 1,
+        })?;
+    for record in staged {
+        // The batcher lives as long as any sender, and this state holds one.
+        let _ = state.staged.send(record);
+    }
+
+    if let Some(waiter) = waiter {
+        let timeout = Duration::from_secs(state.config.ack_timeout_secs);
+        if tokio::time::timeout(timeout, waiter.wait()).await.is_err() {
+            return Err(ApiError::Unavailable(format!(
+                "the notifications were accepted but are not durable after {}s (is the \
+                 publisher reachable?); they stay queued, and retrying this request is safe: \
+                 it will not store anything twice",
+                timeout.as_secs()
+            )));
+        }
+    }
+
+    let mut accepted = 0;
+    let mut duplicates = Vec::new();
+    for ((outcome, (platform, id)), index) in outcomes.into_iter().zip(keys).zip(candidate_indexes)
+    {
+        match outcome {
+            Admitted::Accepted => accepted += 1,
+            Admitted::Duplicate(seen) => {
+                // Report the color now, after the wait, when it is the fresher answer.
+                let color = state
+                    .memory
+                    .get(&platform, &id)
+                    .map_or(seen, |(color, _)| color);
+                duplicates.push(Duplicate {
+                    index,
+                    platform,
+                    id,
+                    color,
+                });
+            }
+        }
+    }
+    let status = match ack {
+        Ack::Staged => StatusCode::ACCEPTED,
+        Ack::Durable | Ack::Replicated => StatusCode::OK,
+    };
+    let answer = IngestResponse {
+        ack,
+        accepted,
+        duplicates,
+        rejected,
+    };
+    Ok((status, Json(json!(answer))))
+}
+
+/// `GET /v1/notifications/{platform}/{id}`
+pub(crate) async fn get_notification(
+    State(state): State<AppState>,
+    Path((platform, id)): Path<(String, String)>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (color, record) = state.memory.get(&platform, &id).ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "notification {platform}/{id} is not in this node's shared memory"
+        ))
+    })?;
+    Ok(Json(json!({
+        "color": color,
+        "notification": record.to_json(),
+    })))
+}
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: the publisher answers, so accepted notifications can become durable.
+pub(crate) async fn readyz(
+    State(state): State<AppState>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut publisher = state.publisher.clone();
+    let mut request = tonic::Request::new(StatusRequest {});
+    request.set_timeout(Duration::from_secs(2));
+    let status = publisher
+        .status(request)
+        .await
+        .map_err(|s| {
+            ApiError::Unavailable(format!("the publisher does not answer: {}", s.message()))
+        })?
+        .into_inner();
+    Ok(Json(json!({
+        "status": "ready",
+        "producer_id": &*state.producer_id,
+        "publisher": {
+            "storage": status.storage,
+            "put_if_absent_enforced": status.put_if_absent_enforced,
+        },
+    })))
+}
+
+/// `GET /v1/stats`: what shared memory holds.
+pub(crate) async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "producer_id": &*state.producer_id,
+        "memory": state.memory.stats(),
+    }))
+}
+
+/// Any other path.
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound(
+        "no such endpoint: see POST /v1/notifications and GET /v1/notifications/{platform}/{id}"
+            .to_string(),
+    )
+}

@@ -1,0 +1,444 @@
+//! The ingest API's HTTP contract, driven through its router without a socket, against a real
+//! publisher on loopback gRPC that writes to a real directory.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use sluice_core::master::MasterStore;
+use sluice_core::storage::{Storage, StorageUrl};
+use sluice_ingest_api::{AppState, Config};
+use sluice_publisher::PublisherService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+struct Harness {
+    router: Router,
+    state: AppState,
+    master: MasterStore,
+    _dir: tempfile::TempDir,
+    stop: CancellationToken,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+async fn start_publisher(listener: TcpListener, storage: &Storage, stop: CancellationToken) {
+    let service = PublisherService::open(storage).await.unwrap();
+    tokio::spawn(sluice_publisher::serve(
+        listener,
+        service,
+        stop.cancelled_owned(),
+    ));
+}
+
+async fn harness(config: Config) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&StorageUrl::Local(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    start_publisher(listener, &storage, stop.clone()).await;
+    let (state, batcher) = sluice_ingest_api::build(config, &addr).unwrap();
+    tokio::spawn(batcher.run(stop.clone()));
+    Harness {
+        router: sluice_ingest_api::router(state.clone()),
+        state,
+        master: MasterStore::new(storage.store.clone()),
+        _dir: dir,
+        stop,
+    }
+}
+
+fn note(id: &str) -> Value {
+    json!({"platform": "mastodon", "id": id, "type": "post.created",
+           "occurred_at": "2026-11-23T07:00:00Z", "post_id": "p1", "text": "hello"})
+}
+
+async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Option<String>, Value) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_string());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, retry_after, body)
+}
+
+async fn post(
+    router: &Router,
+    query: &str,
+    content_type: &str,
+    body: impl Into<Body>,
+) -> (StatusCode, Value) {
+    let request = Request::post(format!("/v1/notifications{query}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(body.into())
+        .unwrap();
+    let (status, _, body) = send(router, request).await;
+    (status, body)
+}
+
+async fn get(router: &Router, path: &str) -> (StatusCode, Value) {
+    let (status, _, body) = send(router, Request::get(path).body(Body::empty()).unwrap()).await;
+    (status, body)
+}
+
+async fn stored_ids(master: &MasterStore) -> Vec<String> {
+    let mut ids = Vec::new();
+    for segment in master.list_segments().await.unwrap() {
+        let segment = master.read_segment(&segment.path).await.unwrap();
+        ids.extend(segment.records.into_iter().map(|r| r.id));
+    }
+    ids.sort();
+    ids
+}
+
+#[tokio::test]
+async fn a_durable_post_is_blue_and_in_the_master_store_when_answered() {
+    let h = harness(Config::for_tests()).await;
+    let (status, body) = post(&h.router, "", "application/json", note("n1").to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"ack": "durable", "accepted": 1, "duplicates": [], "rejected": []})
+    );
+    // Durable means stored before the answer: no waiting here.
+    assert_eq!(stored_ids(&h.master).await, vec!["n1"]);
+
+    let (status, body) = get(&h.router, "/v1/notifications/mastodon/n1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["color"], "blue");
+    assert_eq!(body["notification"]["text"], "hello");
+    assert_eq!(body["notification"]["occurred_at"], "2026-11-23T07:00:00Z");
+
+    let (status, body) = get(&h.router, "/v1/notifications/mastodon/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(body["error"].as_str().unwrap().contains("mastodon/nope"));
+}
+
+#[tokio::test]
+async fn a_batch_reports_duplicates_and_rejects_and_stores_the_rest_once() {
+    let h = harness(Config::for_tests()).await;
+    post(&h.router, "", "application/json", note("a").to_string()).await;
+    let mut bad = note("bad");
+    bad["occurred_at"] = json!("last tuesday");
+    let batch = json!([note("a"), note("b"), bad, note("b"), note("c")]);
+    let (status, body) = post(&h.router, "", "application/json", batch.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(
+        body["duplicates"],
+        json!([
+            {"index": 0, "platform": "mastodon", "id": "a", "color": "blue"},
+            {"index": 3, "platform": "mastodon", "id": "b", "color": "blue"},
+        ])
+    );
+    assert_eq!(body["rejected"][0]["index"], 2);
+    assert!(
+        body["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("occurred_at")
+    );
+    assert_eq!(stored_ids(&h.master).await, vec!["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn ndjson_is_accepted_line_by_line() {
+    let h = harness(Config::for_tests()).await;
+    let body = format!("{}\n{{broken\n\n{}\n", note("x"), note("y"));
+    let (status, body) = post(&h.router, "", "application/x-ndjson", body).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 2);
+    assert_eq!(body["rejected"][0]["line"], 2);
+    assert_eq!(stored_ids(&h.master).await, vec!["x", "y"]);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_accepted_data_is_unaffected() {
+    let mut config = Config::for_tests();
+    config.max_body_bytes = 64 * 1024;
+    config.max_items = 100;
+    let h = harness(config).await;
+    let (status, _) = post(&h.router, "", "application/json", note("kept").to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let with = |field: &str, value: Value| {
+        let mut n = note("x");
+        n[field] = value;
+        n.to_string()
+    };
+    let without = |field: &str| {
+        let mut n = note("x");
+        n.as_object_mut().unwrap().remove(field);
+        n.to_string()
+    };
+    let nested: Value =
+        serde_json::from_str(&format!("{}1{}", "[".repeat(100), "]".repeat(100))).unwrap();
+    let deep = with("attributes", json!({"a": nested})).replace(
+        "[1]",
+        &format!("{}1{}", "[".repeat(20_000), "]".repeat(20_000)),
+    );
+    let many = json!(vec![note("m"); 101]).to_string();
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "",
+            "application/json",
+            b"{\"platform\": ".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            "",
+            "application/json",
+            without("occurred_at").into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "missing field `occurred_at`",
+        ),
+        (
+            "",
+            "application/json",
+            with("id", json!(42)).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`id`: invalid type: integer `42`",
+        ),
+        (
+            "",
+            "application/json",
+            with("tags", json!("x")).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`tags`: invalid type",
+        ),
+        (
+            "",
+            "application/json",
+            with("metrics", json!({"likes": "3"})).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`metrics.likes`",
+        ),
+        (
+            "",
+            "application/json",
+            with("occurred_at", json!("2026-13-45T00:00:00Z")).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "not an RFC 3339 timestamp",
+        ),
+        (
+            "",
+            "application/json",
+            with("text", json!("é".repeat(20_000))).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`text` is 40000 bytes; the limit is 32768",
+        ),
+        (
+            "",
+            "application/json",
+            with("platform", json!("")).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`platform` must not be empty",
+        ),
+        (
+            "",
+            "application/json",
+            with("attributes", json!([1])).into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "`attributes` must be a JSON object",
+        ),
+        (
+            "",
+            "application/json",
+            vec![b'{'; 70 * 1024],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "larger than this server accepts",
+        ),
+        (
+            "",
+            "application/json",
+            b"{\"platform\": \"\xff\xfe\"}".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "not valid UTF-8",
+        ),
+        (
+            "",
+            "application/json",
+            deep.into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "recursion limit",
+        ),
+        (
+            "",
+            "application/json",
+            many.into_bytes(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the limit is 100",
+        ),
+        (
+            "",
+            "application/json",
+            b"".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "no notifications",
+        ),
+        (
+            "",
+            "text/plain",
+            note("y").to_string().into_bytes(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "application/x-ndjson",
+        ),
+        (
+            "?ack=eventually",
+            "application/json",
+            note("y").to_string().into_bytes(),
+            StatusCode::BAD_REQUEST,
+            "unknown ack level",
+        ),
+        (
+            "?ack=replicated",
+            "application/json",
+            note("y").to_string().into_bytes(),
+            StatusCode::NOT_IMPLEMENTED,
+            "replica",
+        ),
+    ];
+    for (query, content_type, body, expected, reason) in cases {
+        let (status, answer) = post(&h.router, query, content_type, body).await;
+        assert_eq!(status, expected, "{reason}: {answer}");
+        let text = answer.to_string();
+        assert!(text.contains(reason), "expected {reason:?} in {text}");
+    }
+
+    let (status, body) = get(&h.router, "/v1/notifications/mastodon/kept").await;
+    assert_eq!(
+        (status, body["color"].as_str()),
+        (StatusCode::OK, Some("blue"))
+    );
+    assert_eq!(
+        h.state.memory.stats().entries,
+        1,
+        "no bad input was admitted"
+    );
+    assert_eq!(stored_ids(&h.master).await, vec!["kept"]);
+    let (status, _) = get(&h.router, "/v2/unknown").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn staged_answers_at_once_and_turns_blue_later() {
+    let h = harness(Config::for_tests()).await;
+    let (status, body) = post(
+        &h.router,
+        "?ack=staged",
+        "application/json",
+        note("s").to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["ack"], "staged");
+    wait_for_color(&h.router, "s", "blue").await;
+    assert_eq!(stored_ids(&h.master).await, vec!["s"]);
+}
+
+#[tokio::test]
+async fn a_full_memory_answers_503_with_retry_after_and_keeps_what_it_holds() {
+    let mut config = Config::for_tests();
+    let one = sluice_core::Notification::from_json(&note("x").to_string(), 0)
+        .unwrap()
+        .approx_size();
+    config.memory_bytes = one * 3;
+    let h = harness(config).await;
+    let (status, _) = post(
+        &h.router,
+        "",
+        "application/json",
+        json!([note("1"), note("2")]).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let request = Request::post("/v1/notifications")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(json!([note("3"), note("4")]).to_string()))
+        .unwrap();
+    let (status, retry_after, body) = send(&h.router, request).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("shared memory is full")
+    );
+    assert_eq!(stored_ids(&h.master).await, vec!["1", "2"]);
+    assert_eq!(h.state.memory.stats().entries, 2);
+}
+
+#[tokio::test]
+async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&StorageUrl::Local(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    // Reserve a port, then leave it closed until the publisher starts there.
+    let reserved = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let mut config = Config::for_tests();
+    config.ack_timeout_secs = 1;
+    let (state, batcher) = sluice_ingest_api::build(config, &addr.to_string()).unwrap();
+    let stop = CancellationToken::new();
+    let _stop_guard = stop.clone().drop_guard();
+    tokio::spawn(batcher.run(stop.clone()));
+    let router = sluice_ingest_api::router(state);
+
+    let (status, body) = post(&router, "", "application/json", note("late").to_string()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("retrying this request is safe")
+    );
+    let (_, body) = get(&router, "/v1/notifications/mastodon/late").await;
+    assert_eq!(body["color"], "gray");
+    let (status, _) = get(&router, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+
+    start_publisher(
+        TcpListener::bind(addr).await.unwrap(),
+        &storage,
+        stop.clone(),
+    )
+    .await;
+    // The client's retry is a duplicate that waits for the original to be stored.
+    let (status, body) = post(&router, "", "application/json", note("late").to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["duplicates"][0]["color"], "blue");
+    let master = MasterStore::new(storage.store.clone());
+    assert_eq!(stored_ids(&master).await, vec!["late"]);
+    let (status, body) = get(&router, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["publisher"]["put_if_absent_enforced"], true);
+}
+
+async fn wait_for_color(router: &Router, id: &str, color: &str) {
+    for _ in 0..200 {
+        let (_, body) = get(router, &format!("/v1/notifications/mastodon/{id}")).await;
+        if body["color"] == color {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{id} never turned {color}");
+}

@@ -1,0 +1,160 @@
+//! The publisher: a stateless gRPC service that turns each batch of notifications it is sent
+//! into one durable segment of the master store (the notifications turn blue).
+//!
+//! `Append` validates the batch, encodes it as an Avro segment and writes it put-if-absent at
+//! the key of (producer, sequence) through [`sluice_core::master::MasterStore`]. It answers
+//! only after the object store confirmed the write, and a retry of a batch that already landed
+//! answers OK without writing, so callers simply retry until they get an answer.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use sluice_core::master::{MasterStore, SegmentWrite, check_producer_id};
+use sluice_core::storage::Storage;
+use sluice_core::{Error, Notification};
+use sluice_proto::v1::publisher_server::{Publisher, PublisherServer};
+use sluice_proto::v1::{AppendRequest, AppendResponse, StatusRequest, StatusResponse};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status};
+
+pub struct PublisherService {
+    master: MasterStore,
+    status: StatusResponse,
+}
+
+impl PublisherService {
+    /// Prepares a publisher over an opened store, probing whether the store enforces
+    /// put-if-absent. A store that does not still works, but the log says loudly that a
+    /// retried batch is then protected only by its identical content.
+    pub async fn open(storage: &Storage) -> Result<Self, Error> {
+        let enforced = storage.probe_put_if_absent().await?;
+        if enforced {
+            tracing::info!(storage = %storage.url, "store enforces put-if-absent");
+        } else {
+            tracing::warn!(
+                storage = %storage.url,
+                "store does NOT enforce put-if-absent (If-None-Match: *): segment keys still \
+                 only collide on retries of one batch, but use AWS S3 or MinIO in production"
+            );
+        }
+        Ok(PublisherService {
+            master: MasterStore::new(storage.store.clone()),
+            status: StatusResponse {
+                storage: storage.url.to_string(),
+                put_if_absent_enforced: enforced,
+            },
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Publisher for PublisherService {
+    async fn append(
+        &self,
+        request: Request<AppendRequest>,
+    ) -> Result<Response<AppendResponse>, Status> {
+        let AppendRequest {
+            producer_id,
+            sequence,
+            notifications,
+        } = request.into_inner();
+        check_producer_id(&producer_id).map_err(AppendError::from)?;
+        if sequence == 0 {
+            return Err(Status::invalid_argument("sequence starts at 1"));
+        }
+        if notifications.is_empty() {
+            return Err(Status::invalid_argument(
+                "an Append needs at least one notification",
+            ));
+        }
+        let records = notifications
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| {
+                Notification::try_from(n).map_err(|reason| {
+                    Status::invalid_argument(format!("notification {i}: {reason}"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let rows = records.len() as u64;
+        let written = self
+            .master
+            .write_segment(&producer_id, sequence, Arc::from(records))
+            .await
+            .map_err(AppendError::from)?;
+        match &written {
+            SegmentWrite::Created { path, bytes } => {
+                tracing::debug!(path, rows, bytes, "segment written")
+            }
+            SegmentWrite::AlreadyPresent { path } => {
+                tracing::info!(path, rows, "retried batch was already stored")
+            }
+        }
+        Ok(Response::new(AppendResponse {
+            segment_key: written.path().to_string(),
+            rows,
+            already_present: matches!(written, SegmentWrite::AlreadyPresent { .. }),
+        }))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        Ok(Response::new(self.status.clone()))
+    }
+}
+
+/// The one place storage errors become gRPC statuses.
+struct AppendError(Error);
+
+impl From<Error> for AppendError {
+    fn from(e: Error) -> Self {
+        AppendError(e)
+    }
+}
+
+impl From<AppendError> for Status {
+    fn from(AppendError(e): AppendError) -> Self {
+        match e {
+            Error::InvalidProducerId(_) => Status::invalid_argument(e.to_string()),
+            Error::SegmentConflict { .. } => {
+                tracing::error!(error = %e, "refused to overwrite a different batch");
+                Status::already_exists(e.to_string())
+            }
+            // Everything else is the store failing: the caller retries the same batch.
+            e => {
+                tracing::warn!(error = %e, "segment write failed");
+                Status::unavailable(format!("master store write failed: {e}"))
+            }
+        }
+    }
+}
+
+/// Serves the publisher on `listener` until `shutdown` completes, then finishes the Appends in
+/// flight before returning.
+pub async fn serve(
+    listener: TcpListener,
+    service: PublisherService,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let addr: Option<SocketAddr> = listener.local_addr().ok();
+    tracing::info!(?addr, "publisher listening");
+    let incoming = TcpListenerStream::new(listener).map(|stream| {
+        // Small acks must not wait for Nagle's algorithm.
+        stream.inspect(|s| {
+            let _ = s.set_nodelay(true);
+        })
+    });
+    tonic::transport::Server::builder()
+        .add_service(
+            PublisherServer::new(service)
+                .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}

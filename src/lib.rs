@@ -1,0 +1,124 @@
+//! Sluice: a CQRS ingestion pipeline for social-network notifications on object storage.
+//!
+//! Platforms POST notifications to the ingest API (`sluice-ingest-api`), which keeps each one
+//! in shared memory (gray) and group-commits batches over gRPC to a publisher
+//! (`sluice-publisher`), which writes them as Avro segments to the master store on S3 or a
+//! directory (blue). This crate is the `sluice` binary that runs those services, one per process
+//! or all in one (`sluice all`); in both cases they talk gRPC.
+//!
+//! Shutdown runs in order: the ingest API stops accepting and finishes in-flight requests,
+//! the batcher stores every gray notification, and only then does the publisher stop.
+
+pub mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use sluice_core::storage::{Storage, StorageUrl};
+use sluice_publisher::PublisherService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Cli, Command, IngestArgs};
+
+/// Logs go to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+pub fn init_tracing() {
+    let filter = std::env::var("SLUICE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_string());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    match cli.command {
+        Command::Publisher { storage, publisher } => {
+            let listener = bind(&publisher.publisher_addr, "publisher").await?;
+            let service = open_publisher(&storage.storage).await?;
+            sluice_publisher::serve(listener, service, shutdown.cancelled_owned()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::IngestApi { publisher, ingest } => {
+            run_ingest(ingest, &publisher.publisher_addr, shutdown).await
+        }
+        Command::All {
+            storage,
+            publisher,
+            ingest,
+        } => {
+            let listener = bind(&publisher.publisher_addr, "publisher").await?;
+            let publisher_addr = listener.local_addr()?.to_string();
+            let service = open_publisher(&storage.storage).await?;
+            // The publisher outlives the ingest API: it must store the last gray batches.
+            let publisher_stop = CancellationToken::new();
+            let publisher_task = tokio::spawn(sluice_publisher::serve(
+                listener,
+                service,
+                publisher_stop.clone().cancelled_owned(),
+            ));
+            let code = run_ingest(ingest, &publisher_addr, shutdown).await;
+            publisher_stop.cancel();
+            publisher_task.await??;
+            code
+        }
+    }
+}
+
+async fn run_ingest(
+    ingest: IngestArgs,
+    publisher_addr: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<ExitCode> {
+    let listener = bind(&ingest.ingest_addr, "ingest API").await?;
+    let report =
+        sluice_ingest_api::serve(listener, ingest.config, publisher_addr, shutdown).await?;
+    Ok(if report.lost == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn open_publisher(storage: &str) -> anyhow::Result<PublisherService> {
+    let url: StorageUrl = storage.parse()?;
+    let storage = Storage::open(&url)
+        .await
+        .with_context(|| format!("cannot open storage {url}"))?;
+    Ok(PublisherService::open(&storage).await?)
+}
+
+async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for the {what} on {addr}"))
+}
+
+/// Cancels `shutdown` on SIGTERM or ctrl-c.
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGTERM; only ctrl-c stops sluice");
+                    let _ = ctrl_c.await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    shutdown.cancel();
+}
