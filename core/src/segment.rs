@@ -187,11 +187,11 @@ mod tests {
             post_id: Some(format!("p{}", i % 7)),
             author_id: None,
             actor_id: Some("actor".into()),
-            text: (i % 2 == 0).then(|| format!("hello {i} ✓")),
+            text: i.is_multiple_of(2).then(|| format!("hello {i} ✓")),
             lang: Some("en".into()),
             tags: vec!["a".into(), format!("t{i}")],
             metrics: [("likes".to_string(), i as i64)].into(),
-            attributes: (i % 3 == 0).then(|| r#"{"x":1}"#.to_string()),
+            attributes: i.is_multiple_of(3).then(|| r#"{"x":1}"#.to_string()),
         }
     }
 

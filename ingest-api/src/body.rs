@@ -199,7 +199,7 @@ mod tests {
             let err = parse(body, framing, 0, 10).err().unwrap();
             assert!(err.to_string().contains(expected), "{err}");
         }
-        let many = format!("[{}]", vec![OK; 11].join(","));
+        let many = format!("[{}]", [OK; 11].join(","));
         assert!(matches!(
             parse(many.as_bytes(), Framing::Json, 0, 10),
             Err(ApiError::PayloadTooLarge(_))

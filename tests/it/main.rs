@@ -1,0 +1,7 @@
+//! Sluice's integration tests: real processes of the `sluice` binary, a real S3 server over
+//! HTTP on loopback, real gRPC between the services. One test binary, one module per concern.
+
+mod compose;
+mod master_store;
+mod support;
+mod write_path;

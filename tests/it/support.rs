@@ -1,0 +1,293 @@
+//! What the integration tests share: an S3 server, `sluice` processes, and a load generator.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder as ConnBuilder;
+use object_store::ObjectStore;
+use object_store::aws::AmazonS3Builder;
+use serde_json::{Value, json};
+use sluice_core::master::MasterStore;
+use tokio::net::TcpListener;
+
+pub(crate) const ACCESS_KEY: &str = "sluice-test";
+pub(crate) const SECRET_KEY: &str = "sluice-test-secret";
+pub(crate) const BUCKET: &str = "sluice";
+
+/// A real S3 server (`s3s-fs`) on loopback, serving a temporary directory, with signature
+/// checks on. It stops when dropped.
+pub(crate) struct S3Server {
+    pub(crate) endpoint: String,
+    dir: tempfile::TempDir,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl S3Server {
+    pub(crate) async fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
+        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
+        let service = builder.build();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let http = ConnBuilder::new(TokioExecutor::new());
+            loop {
+                let Ok((socket, _)) = listener.accept().await else {
+                    continue;
+                };
+                let connection = http
+                    .serve_connection(TokioIo::new(socket), service.clone())
+                    .into_owned();
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+        });
+        S3Server {
+            endpoint,
+            dir,
+            task,
+        }
+    }
+
+    /// The environment a `sluice` process needs to use this server.
+    pub(crate) fn env(&self) -> Vec<(String, String)> {
+        [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+            ("SLUICE_STORAGE", &format!("s3://{BUCKET}")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    /// An object store client of our own, configured explicitly (no process environment).
+    pub(crate) fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
+        Arc::new(
+            AmazonS3Builder::new()
+                .with_endpoint(&self.endpoint)
+                .with_allow_http(true)
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id(ACCESS_KEY)
+                .with_secret_access_key(SECRET_KEY)
+                .build()
+                .unwrap(),
+        )
+    }
+
+    /// Creates a bucket: `s3s-fs` keeps each bucket as a directory under its root.
+    pub(crate) fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir(self.dir.path().join(bucket)).unwrap();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A free port on loopback. The listener is closed again, so a process can take it.
+pub(crate) fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A running `sluice` process, killed when dropped.
+pub(crate) struct Sluice {
+    child: Option<Child>,
+    pub(crate) log: PathBuf,
+}
+
+impl Sluice {
+    pub(crate) fn spawn(args: &[&str], env: &[(String, String)], cwd: &Path, log_name: &str) -> Sluice {
+        let log = cwd.join(format!("{log_name}.log"));
+        let log_file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("SLUICE_LOG", "info")
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        Sluice {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub(crate) fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub(crate) fn terminate(&mut self) -> i32 {
+        let mut child = self.child.take().expect("process is running");
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "sluice did not exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub(crate) fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Waits until something accepts TCP connections at `addr`.
+pub(crate) async fn wait_for_port(addr: SocketAddr, what: &Sluice) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr}; log:\n{}",
+            what.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+pub(crate) fn notification(i: usize) -> Value {
+    let platforms = ["mastodon", "bsky", "threads"];
+    let types = ["post.created", "post.edited", "post.liked", "post.shared", "post.deleted"];
+    json!({
+        "platform": platforms[i % platforms.len()],
+        "id": format!("n{i}"),
+        "type": types[i % types.len()],
+        "occurred_at": format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60),
+        "post_id": format!("p{}", i % 5000),
+        "author_id": format!("a{}", i % 700),
+        "text": format!("notification number {i}"),
+        "tags": ["rust", format!("t{}", i % 50)],
+        "metrics": {"likes": i % 100},
+    })
+}
+
+/// What a load run saw.
+pub(crate) struct LoadReport {
+    pub(crate) retries: usize,
+}
+
+/// Posts `items` (indexes into [`notification`]) in requests of `per_request`, from
+/// `concurrency` clients at once, each retrying on a 5xx or a broken connection as a careful
+/// platform would. Panics on any other answer than 200. `progress` counts finished requests.
+pub(crate) async fn post_all(
+    ingest: SocketAddr,
+    items: Vec<usize>,
+    per_request: usize,
+    concurrency: usize,
+    progress: Arc<AtomicUsize>,
+) -> LoadReport {
+    let client = reqwest::Client::new();
+    let url = format!("http://{ingest}/v1/notifications?ack=durable");
+    let bodies: Vec<String> = items
+        .chunks(per_request)
+        .map(|chunk| {
+            chunk
+                .iter()
+                .map(|&i| notification(i).to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    let queue = Arc::new(std::sync::Mutex::new(bodies));
+    let retries = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, queue, retries, progress) = (
+            client.clone(),
+            url.clone(),
+            queue.clone(),
+            retries.clone(),
+            progress.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let Some(body) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                let mut attempts = 0;
+                loop {
+                    attempts += 1;
+                    assert!(attempts < 100, "a request failed 100 times");
+                    let answer = client
+                        .post(&url)
+                        .header("content-type", "application/x-ndjson")
+                        .body(body.clone())
+                        .timeout(Duration::from_secs(60))
+                        .send()
+                        .await;
+                    match answer {
+                        Ok(response) if response.status() == 200 => {
+                            let answer: Value = response.json().await.unwrap();
+                            assert_eq!(answer["rejected"], json!([]), "{answer}");
+                            break;
+                        }
+                        Ok(response) if response.status().is_server_error() => {}
+                        Ok(response) => panic!(
+                            "unexpected {}: {}",
+                            response.status(),
+                            response.text().await.unwrap_or_default()
+                        ),
+                        Err(_) => {}
+                    }
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    LoadReport {
+        retries: retries.load(Ordering::Relaxed),
+    }
+}
+
+/// Every (platform, id) stored in the master segments, with how often, read back from the store.
+pub(crate) async fn count_master(master: &MasterStore) -> std::collections::HashMap<(String, String), usize> {
+    let mut counts = std::collections::HashMap::new();
+    for segment in master.list_segments().await.unwrap() {
+        let segment = master.read_segment(&segment.path).await.unwrap();
+        for record in segment.records {
+            *counts.entry((record.platform, record.id)).or_insert(0) += 1;
+        }
+    }
+    counts
+}
