@@ -8,6 +8,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// What a 503 tells the client to wait before it retries.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -23,13 +26,10 @@ pub enum ApiError {
     /// Shared memory is full of notifications that are not durable yet.
     #[error(
         "shared memory is full ({used} of {budget} bytes hold notifications not yet stored); \
-         retry after {retry_after_secs} s"
+         retry after {RETRY_AFTER_SECS} s"
     )]
-    MemoryFull {
-        used: usize,
-        budget: usize,
-        retry_after_secs: u64,
-    },
+    MemoryFull { used: usize, budget: usize },
+    /// Temporarily unable to answer; the request may be retried as it is.
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -63,13 +63,10 @@ impl IntoResponse for ApiError {
             other => other.to_string(),
         };
         let mut response = (status, Json(json!({ "error": message }))).into_response();
-        if let ApiError::MemoryFull {
-            retry_after_secs, ..
-        } = self
-        {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
     }

@@ -65,11 +65,14 @@ impl AckWaiter {
 }
 
 /// What became of one admitted notification.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admitted {
     Accepted,
-    /// Already known; its color when this request saw it.
-    Duplicate(Color),
+    /// Already known; its key and its color when this request saw it.
+    Duplicate {
+        key: Key,
+        color: Color,
+    },
 }
 
 /// Shared memory had no room for a request.
@@ -148,7 +151,10 @@ impl SharedMemory {
                         waiter.add();
                         entry.waiters.push((level, waiter.clone()));
                     }
-                    outcomes.push(Admitted::Duplicate(entry.color));
+                    outcomes.push(Admitted::Duplicate {
+                        key: (item.platform, item.id),
+                        color: entry.color,
+                    });
                 }
                 MapEntry::Vacant(vacant) => {
                     let record = Arc::new(item);
@@ -242,7 +248,11 @@ mod tests {
         let (outcomes, restaged) = memory
             .admit(vec![note("b"), note("b")], Some((Color::Blue, &retry)))
             .unwrap();
-        assert_eq!(outcomes, vec![Admitted::Duplicate(Color::Gray); 2]);
+        let dup = Admitted::Duplicate {
+            key: ("p".to_string(), "b".to_string()),
+            color: Color::Gray,
+        };
+        assert_eq!(outcomes, vec![dup.clone(), dup]);
         assert!(restaged.is_empty());
         assert_eq!(memory.stats().used_bytes, note("a").approx_size() * 2);
 

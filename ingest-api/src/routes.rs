@@ -123,10 +123,6 @@ pub(crate) async fn post_notifications(
         return Ok((StatusCode::BAD_REQUEST, Json(json!(answer))));
     }
 
-    let keys: Vec<(String, String)> = candidates
-        .iter()
-        .map(|n| (n.platform.clone(), n.id.clone()))
-        .collect();
     let waiter = (ack == Ack::Durable).then(AckWaiter::new);
     let (outcomes, staged) = state
         .memory
@@ -134,7 +130,6 @@ pub(crate) async fn post_notifications(
         .map_err(|full| ApiError::MemoryFull {
             used: full.used,
             budget: full.budget,
-            retry_after_secs: 1,
         })?;
     for record in staged {
         // The batcher lives as long as any sender, and this state holds one.
@@ -155,11 +150,13 @@ pub(crate) async fn post_notifications(
 
     let mut accepted = 0;
     let mut duplicates = Vec::new();
-    for ((outcome, (platform, id)), index) in outcomes.into_iter().zip(keys).zip(candidate_indexes)
-    {
+    for (outcome, index) in outcomes.into_iter().zip(candidate_indexes) {
         match outcome {
             Admitted::Accepted => accepted += 1,
-            Admitted::Duplicate(seen) => {
+            Admitted::Duplicate {
+                key: (platform, id),
+                color: seen,
+            } => {
                 // Report the color now, after the wait, when it is the fresher answer.
                 let color = state
                     .memory

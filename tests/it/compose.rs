@@ -28,7 +28,10 @@ fn compose_file_parses_and_names_real_settings() {
             .args([subcommand, "--help"])
             .output()
             .unwrap();
-        assert!(help.status.success(), "sluice {subcommand} is not a command");
+        assert!(
+            help.status.success(),
+            "sluice {subcommand} is not a command"
+        );
         let help = String::from_utf8(help.stdout).unwrap();
         let environment = service["environment"].as_mapping().expect("environment");
         for key in environment.keys() {
@@ -40,11 +43,18 @@ fn compose_file_parses_and_names_real_settings() {
                 );
                 checked.insert(key.to_string());
             } else {
-                assert!(key.starts_with("AWS_") || key == "RUST_LOG", "{name:?}: unknown {key}");
+                assert!(
+                    key.starts_with("AWS_") || key == "RUST_LOG",
+                    "{name:?}: unknown {key}"
+                );
             }
         }
     }
-    for key in ["SLUICE_STORAGE", "SLUICE_PUBLISHER_ADDR", "SLUICE_INGEST_ADDR"] {
+    for key in [
+        "SLUICE_STORAGE",
+        "SLUICE_PUBLISHER_ADDR",
+        "SLUICE_INGEST_ADDR",
+    ] {
         assert!(checked.contains(key), "{key} is not set anywhere");
     }
 }

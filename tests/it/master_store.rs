@@ -24,14 +24,26 @@ pub(crate) async fn conformance(store: Arc<dyn ObjectStore>) {
 
     // A new batch is created and reads back identical, checksum verified.
     let first = records(0..500);
-    let written = master.write_segment("prod-a", 1, first.clone()).await.unwrap();
-    assert!(matches!(written, SegmentWrite::Created { .. }), "{written:?}");
+    let written = master
+        .write_segment("prod-a", 1, first.clone())
+        .await
+        .unwrap();
+    assert!(
+        matches!(written, SegmentWrite::Created { .. }),
+        "{written:?}"
+    );
     let read = master.read_segment(written.path()).await.unwrap();
     assert_eq!(&read.records[..], &first[..]);
-    assert_eq!((read.header.producer.as_str(), read.header.sequence), ("prod-a", 1));
+    assert_eq!(
+        (read.header.producer.as_str(), read.header.sequence),
+        ("prod-a", 1)
+    );
 
     // A retry of the same batch writes nothing and succeeds.
-    let again = master.write_segment("prod-a", 1, first.clone()).await.unwrap();
+    let again = master
+        .write_segment("prod-a", 1, first.clone())
+        .await
+        .unwrap();
     assert_eq!(
         again,
         SegmentWrite::AlreadyPresent {
@@ -46,12 +58,24 @@ pub(crate) async fn conformance(store: Arc<dyn ObjectStore>) {
         matches!(conflict, sluice_core::Error::SegmentConflict { .. }),
         "{conflict}"
     );
-    assert_eq!(master.read_segment(written.path()).await.unwrap().records.len(), 500);
+    assert_eq!(
+        master
+            .read_segment(written.path())
+            .await
+            .unwrap()
+            .records
+            .len(),
+        500
+    );
 
     // Listing orders by producer, then by sequence (numerically), and skips strays.
     for (producer, sequence) in [("prod-b", 2), ("prod-a", 10), ("prod-a", 2), ("prod-b", 1)] {
         master
-            .write_segment(producer, sequence, records(sequence as usize..sequence as usize + 3))
+            .write_segment(
+                producer,
+                sequence,
+                records(sequence as usize..sequence as usize + 3),
+            )
             .await
             .unwrap();
     }
@@ -69,20 +93,28 @@ pub(crate) async fn conformance(store: Arc<dyn ObjectStore>) {
         .into_iter()
         .map(|s| (s.producer, s.sequence))
         .collect();
-    let expected = [("prod-a", 1), ("prod-a", 2), ("prod-a", 10), ("prod-b", 1), ("prod-b", 2)];
-    assert_eq!(
-        listed,
-        expected.map(|(p, s)| (p.to_string(), s)).to_vec()
-    );
+    let expected = [
+        ("prod-a", 1),
+        ("prod-a", 2),
+        ("prod-a", 10),
+        ("prod-b", 1),
+        ("prod-b", 2),
+    ];
+    assert_eq!(listed, expected.map(|(p, s)| (p.to_string(), s)).to_vec());
 
     // A corrupted segment is detected, never read as data.
     let corrupt = Path::from("master/prod-c/00000000000000000001.avro");
     store
-        .put(&corrupt, PutPayload::from(Bytes::from_static(b"Obj\x01garbage")))
+        .put(
+            &corrupt,
+            PutPayload::from(Bytes::from_static(b"Obj\x01garbage")),
+        )
         .await
         .unwrap();
     assert!(master.read_segment(corrupt.as_ref()).await.is_err());
-    let missing = master.read_segment("master/prod-z/00000000000000000001.avro").await;
+    let missing = master
+        .read_segment("master/prod-z/00000000000000000001.avro")
+        .await;
     assert!(matches!(missing, Err(sluice_core::Error::NotFound { .. })));
 }
 

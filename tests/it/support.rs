@@ -113,7 +113,12 @@ pub(crate) struct Sluice {
 }
 
 impl Sluice {
-    pub(crate) fn spawn(args: &[&str], env: &[(String, String)], cwd: &Path, log_name: &str) -> Sluice {
+    pub(crate) fn spawn(
+        args: &[&str],
+        env: &[(String, String)],
+        cwd: &Path,
+        log_name: &str,
+    ) -> Sluice {
         let log = cwd.join(format!("{log_name}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -152,7 +157,10 @@ impl Sluice {
             if let Some(status) = child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "sluice did not exit after SIGTERM");
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit after SIGTERM"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -183,7 +191,13 @@ pub(crate) async fn wait_for_port(addr: SocketAddr, what: &Sluice) {
 
 pub(crate) fn notification(i: usize) -> Value {
     let platforms = ["mastodon", "bsky", "threads"];
-    let types = ["post.created", "post.edited", "post.liked", "post.shared", "post.deleted"];
+    let types = [
+        "post.created",
+        "post.edited",
+        "post.liked",
+        "post.shared",
+        "post.deleted",
+    ];
     json!({
         "platform": platforms[i % platforms.len()],
         "id": format!("n{i}"),
@@ -281,7 +295,9 @@ pub(crate) async fn post_all(
 }
 
 /// Every (platform, id) stored in the master segments, with how often, read back from the store.
-pub(crate) async fn count_master(master: &MasterStore) -> std::collections::HashMap<(String, String), usize> {
+pub(crate) async fn count_master(
+    master: &MasterStore,
+) -> std::collections::HashMap<(String, String), usize> {
     let mut counts = std::collections::HashMap::new();
     for segment in master.list_segments().await.unwrap() {
         let segment = master.read_segment(&segment.path).await.unwrap();

@@ -10,7 +10,9 @@ use rand::seq::SliceRandom;
 use serde_json::Value;
 use sluice_core::master::MasterStore;
 
-use crate::support::{BUCKET, S3Server, Sluice, count_master, free_addr, notification, post_all, wait_for_port};
+use crate::support::{
+    BUCKET, S3Server, Sluice, count_master, free_addr, notification, post_all, wait_for_port,
+};
 
 const TOTAL: usize = 100_000;
 
@@ -31,12 +33,18 @@ async fn assert_stored_exactly_once(s3: &S3Server, total: usize) {
     let missing: Vec<usize> = (0..total)
         .filter(|&i| {
             let n = notification(i);
-            let key = (n["platform"].as_str().unwrap().to_string(), n["id"].as_str().unwrap().to_string());
+            let key = (
+                n["platform"].as_str().unwrap().to_string(),
+                n["id"].as_str().unwrap().to_string(),
+            );
             !counts.contains_key(&key)
         })
         .take(5)
         .collect();
-    assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
     assert_eq!(counts.len(), total);
 }
 
@@ -92,7 +100,13 @@ async fn sluice_all_on_the_embedded_default_answers_blue() {
     let publisher = free_addr();
     let (ingest_arg, publisher_arg) = (ingest.to_string(), publisher.to_string());
     let mut sluice = Sluice::spawn(
-        &["all", "--ingest-addr", &ingest_arg, "--publisher-addr", &publisher_arg],
+        &[
+            "all",
+            "--ingest-addr",
+            &ingest_arg,
+            "--publisher-addr",
+            &publisher_arg,
+        ],
         &[],
         dir.path(),
         "all",
@@ -140,7 +154,14 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 async fn separate_processes_store_every_notification_exactly_once() {
     let s3 = S3Server::start().await;
     let mut pipeline = Pipeline::start(&s3).await;
-    let report = post_all(pipeline.ingest_addr, load_with_duplicates(), 100, 16, Arc::default()).await;
+    let report = post_all(
+        pipeline.ingest_addr,
+        load_with_duplicates(),
+        100,
+        16,
+        Arc::default(),
+    )
+    .await;
     assert_eq!(report.retries, 0, "nothing failed, so nothing was retried");
 
     let state = pipeline.get("/v1/notifications/mastodon/n0").await;
@@ -161,7 +182,13 @@ async fn killing_the_publisher_mid_load_loses_nothing_and_doubles_nothing() {
     let items = load_with_duplicates();
     let requests = items.len().div_ceil(100);
     let progress = Arc::new(AtomicUsize::new(0));
-    let load = tokio::spawn(post_all(pipeline.ingest_addr, items, 100, 16, progress.clone()));
+    let load = tokio::spawn(post_all(
+        pipeline.ingest_addr,
+        items,
+        100,
+        16,
+        progress.clone(),
+    ));
 
     while progress.load(Ordering::Relaxed) < requests / 4 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -173,10 +200,16 @@ async fn killing_the_publisher_mid_load_loses_nothing_and_doubles_nothing() {
     wait_for_port(pipeline.publisher_addr, &pipeline.publisher).await;
 
     load.await.unwrap();
-    assert!(done_at_kill < requests, "the kill happened in the middle of the load");
+    assert!(
+        done_at_kill < requests,
+        "the kill happened in the middle of the load"
+    );
     assert_stored_exactly_once(&s3, TOTAL).await;
     assert!(
-        pipeline.ingest.log_text().contains("append failed; retrying the same batch"),
+        pipeline
+            .ingest
+            .log_text()
+            .contains("append failed; retrying the same batch"),
         "the batcher saw the publisher die"
     );
     assert_eq!(pipeline.ingest.terminate(), 0);
@@ -192,13 +225,21 @@ async fn sigterm_stores_every_staged_notification_before_exit() {
         .collect::<Vec<_>>()
         .join("\n");
     let response = client
-        .post(format!("http://{}/v1/notifications?ack=staged", pipeline.ingest_addr))
+        .post(format!(
+            "http://{}/v1/notifications?ack=staged",
+            pipeline.ingest_addr
+        ))
         .header("content-type", "application/x-ndjson")
         .body(body)
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), 202);
-    assert_eq!(pipeline.ingest.terminate(), 0, "{}", pipeline.ingest.log_text());
+    assert_eq!(
+        pipeline.ingest.terminate(),
+        0,
+        "{}",
+        pipeline.ingest.log_text()
+    );
     assert_stored_exactly_once(&s3, 5_000).await;
 }
