@@ -2,7 +2,10 @@
 //! building Sluice needs no system `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/sluice/v1/publisher.proto"];
+    let protos = [
+        "proto/sluice/v1/publisher.proto",
+        "proto/sluice/v1/consumer.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -22,13 +22,19 @@ pub enum Command {
         #[command(flatten)]
         publisher: PublisherAddr,
         #[command(flatten)]
+        consumer_addr: ConsumerAddr,
+        #[command(flatten)]
         ingest: IngestArgs,
+        #[command(flatten)]
+        consumer: sluice_consumer::Config,
     },
     /// The REST ingest API with its shared memory and batcher.
     #[command(name = "ingest-api")]
     IngestApi {
         #[command(flatten)]
         publisher: PublisherAddr,
+        #[command(flatten)]
+        consumer_addr: ConsumerAddr,
         #[command(flatten)]
         ingest: IngestArgs,
     },
@@ -38,6 +44,27 @@ pub enum Command {
         storage: StorageArgs,
         #[command(flatten)]
         publisher: PublisherAddr,
+        #[command(flatten)]
+        consumer_addr: ConsumerAddr,
+    },
+    /// The gRPC consumer that replicates master segments into the Parquet replica.
+    Consumer {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        consumer_addr: ConsumerAddr,
+        #[command(flatten)]
+        consumer: sluice_consumer::Config,
+    },
+    /// Rebuilds a replica from the master store alone, into a new table, then exits.
+    Replay {
+        #[command(flatten)]
+        storage: StorageArgs,
+        /// The new table's path inside the storage, e.g. replica-rebuilt.
+        #[arg(long, env = "SLUICE_REPLAY_TO")]
+        to: String,
+        #[command(flatten)]
+        consumer: sluice_consumer::Config,
     },
 }
 
@@ -58,10 +85,28 @@ pub struct PublisherAddr {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ConsumerAddr {
+    /// The consumer's gRPC address: where `consumer` listens, where publishers announce new
+    /// segments and where ingest APIs ask which batches are in the replica.
+    #[arg(long, env = "SLUICE_CONSUMER_ADDR", default_value = "127.0.0.1:50052")]
+    pub consumer_addr: String,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct IngestArgs {
     /// Where the REST ingest API listens.
     #[arg(long, env = "SLUICE_INGEST_ADDR", default_value = "127.0.0.1:8080")]
     pub ingest_addr: String,
     #[command(flatten)]
     pub config: sluice_ingest_api::Config,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

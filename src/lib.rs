@@ -3,11 +3,14 @@
 //! Platforms POST notifications to the ingest API (`sluice-ingest-api`), which keeps each one
 //! in shared memory (gray) and group-commits batches over gRPC to a publisher
 //! (`sluice-publisher`), which writes them as Avro segments to the master store on S3 or a
-//! directory (blue). This crate is the `sluice` binary that runs those services, one per process
-//! or all in one (`sluice all`); in both cases they talk gRPC.
+//! directory (blue) and tells the consumer (`sluice-consumer`), which replicates them exactly
+//! once into a Delta Lake table of Parquet files (green). This crate is the `sluice` binary that
+//! runs those services, one per process or all in one (`sluice all`); in both cases they talk
+//! gRPC.
 //!
 //! Shutdown runs in order: the ingest API stops accepting and finishes in-flight requests,
-//! the batcher stores every gray notification, and only then does the publisher stop.
+//! the batcher stores every gray notification, then the publisher stops, and the consumer
+//! replicates what is left before it stops.
 
 pub mod cli;
 
@@ -15,6 +18,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use sluice_core::storage::{Storage, StorageUrl};
+use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_publisher::PublisherService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,33 +41,94 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
-        Command::Publisher { storage, publisher } => {
+        Command::Publisher {
+            storage,
+            publisher,
+            consumer_addr,
+        } => {
             let listener = bind(&publisher.publisher_addr, "publisher").await?;
-            let service = open_publisher(&storage.storage).await?;
+            let service = open_publisher(&storage.storage, &consumer_addr.consumer_addr).await?;
             sluice_publisher::serve(listener, service, shutdown.cancelled_owned()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::IngestApi { publisher, ingest } => {
-            run_ingest(ingest, &publisher.publisher_addr, shutdown).await
+        Command::IngestApi {
+            publisher,
+            consumer_addr,
+            ingest,
+        } => {
+            run_ingest(
+                ingest,
+                &publisher.publisher_addr,
+                &consumer_addr.consumer_addr,
+                shutdown,
+            )
+            .await
+        }
+        Command::Consumer {
+            storage,
+            consumer_addr,
+            consumer,
+        } => {
+            let listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
+            let storage = open_storage(&storage.storage).await?;
+            sluice_consumer::serve(listener, storage, consumer, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay {
+            storage,
+            to,
+            consumer,
+        } => {
+            anyhow::ensure!(
+                to.trim_matches('/') != consumer.replica_path.trim_matches('/'),
+                "--to must name a new table, not the replica ({})",
+                consumer.replica_path
+            );
+            let storage = open_storage(&storage.storage).await?;
+            let report = sluice_consumer::replay(&storage, &to, &consumer).await?;
+            tracing::info!(?report, to, "replay finished");
+            println!(
+                "replayed {} segments, {} rows into {to} (table version {})",
+                report.segments, report.rows, report.table_version
+            );
+            Ok(ExitCode::SUCCESS)
         }
         Command::All {
             storage,
             publisher,
+            consumer_addr,
             ingest,
+            consumer,
         } => {
-            let listener = bind(&publisher.publisher_addr, "publisher").await?;
-            let publisher_addr = listener.local_addr()?.to_string();
-            let service = open_publisher(&storage.storage).await?;
-            // The publisher outlives the ingest API: it must store the last gray batches.
+            // Start-up runs downstream first, shutdown upstream first: the ingest API stops
+            // accepting and stores its gray notifications while the publisher still runs, and
+            // the consumer replicates the last segments after the publisher stopped.
+            let consumer_listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
+            let consumer_addr = consumer_listener.local_addr()?.to_string();
+            let opened = open_storage(&storage.storage).await?;
+            let consumer_stop = CancellationToken::new();
+            let consumer_task = tokio::spawn(sluice_consumer::serve(
+                consumer_listener,
+                opened,
+                consumer,
+                consumer_stop.clone(),
+            ));
+
+            let publisher_listener = bind(&publisher.publisher_addr, "publisher").await?;
+            let publisher_addr = publisher_listener.local_addr()?.to_string();
+            let service = open_publisher(&storage.storage, &consumer_addr).await?;
             let publisher_stop = CancellationToken::new();
             let publisher_task = tokio::spawn(sluice_publisher::serve(
-                listener,
+                publisher_listener,
                 service,
                 publisher_stop.clone().cancelled_owned(),
             ));
-            let code = run_ingest(ingest, &publisher_addr, shutdown).await;
+
+            let code = run_ingest(ingest, &publisher_addr, &consumer_addr, shutdown).await;
             publisher_stop.cancel();
             publisher_task.await??;
+            consumer_stop.cancel();
+            consumer_task.await??;
             code
         }
     }
@@ -72,11 +137,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn run_ingest(
     ingest: IngestArgs,
     publisher_addr: &str,
+    consumer_addr: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
     let listener = bind(&ingest.ingest_addr, "ingest API").await?;
-    let report =
-        sluice_ingest_api::serve(listener, ingest.config, publisher_addr, shutdown).await?;
+    let report = sluice_ingest_api::serve(
+        listener,
+        ingest.config,
+        publisher_addr,
+        consumer_addr,
+        shutdown,
+    )
+    .await?;
     Ok(if report.lost == 0 {
         ExitCode::SUCCESS
     } else {
@@ -84,12 +156,19 @@ async fn run_ingest(
     })
 }
 
-async fn open_publisher(storage: &str) -> anyhow::Result<PublisherService> {
+async fn open_storage(storage: &str) -> anyhow::Result<Storage> {
     let url: StorageUrl = storage.parse()?;
-    let storage = Storage::open(&url)
+    Storage::open(&url)
         .await
-        .with_context(|| format!("cannot open storage {url}"))?;
-    Ok(PublisherService::open(&storage).await?)
+        .with_context(|| format!("cannot open storage {url}"))
+}
+
+async fn open_publisher(storage: &str, consumer_addr: &str) -> anyhow::Result<PublisherService> {
+    let storage = open_storage(storage).await?;
+    let consumer = ConsumerClient::new(sluice_proto::lazy_channel(consumer_addr)?);
+    Ok(PublisherService::open(&storage)
+        .await?
+        .with_consumer(consumer))
 }
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {

@@ -136,14 +136,16 @@ impl Storage {
     }
 }
 
-fn s3_endpoint() -> Option<String> {
+/// The S3 endpoint from `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL`, when one is set.
+pub fn s3_endpoint() -> Option<String> {
     std::env::var("AWS_ENDPOINT_URL_S3")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
         .ok()
         .filter(|e| !e.is_empty())
 }
 
-fn s3_region() -> String {
+/// The region from `AWS_REGION` or `AWS_DEFAULT_REGION`; `us-east-1` when neither is set.
+pub fn s3_region() -> String {
     std::env::var("AWS_REGION")
         .or_else(|_| std::env::var("AWS_DEFAULT_REGION"))
         .unwrap_or_else(|_| "us-east-1".to_string())

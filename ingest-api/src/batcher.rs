@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use crate::green::DurableBatch;
 use crate::memory::SharedMemory;
 
 /// How a batch is closed.
@@ -46,6 +47,8 @@ pub struct Batcher {
     staged: mpsc::UnboundedReceiver<Arc<Notification>>,
     publisher: PublisherClient<Channel>,
     memory: Arc<SharedMemory>,
+    /// Where stored batches go to wait for the replica.
+    durable: mpsc::UnboundedSender<DurableBatch>,
     producer_id: String,
     next_sequence: u64,
     limits: BatchLimits,
@@ -61,6 +64,7 @@ impl Batcher {
         staged: mpsc::UnboundedReceiver<Arc<Notification>>,
         publisher: PublisherClient<Channel>,
         memory: Arc<SharedMemory>,
+        durable: mpsc::UnboundedSender<DurableBatch>,
         producer_id: String,
         limits: BatchLimits,
     ) -> Self {
@@ -68,6 +72,7 @@ impl Batcher {
             staged,
             publisher,
             memory,
+            durable,
             producer_id,
             next_sequence: 1,
             limits,
@@ -80,9 +85,15 @@ impl Batcher {
         let mut report = BatcherReport::default();
         while let Some(batch) = self.next_batch().await {
             let rows = batch.len() as u64;
+            let sequence = self.next_sequence;
             if self.publish(&batch, &abandon).await {
                 report.batches += 1;
                 report.rows += rows;
+                // The tracker outlives the batcher; if it is gone, nobody waits for green.
+                let _ = self.durable.send(DurableBatch {
+                    sequence,
+                    records: batch,
+                });
             } else {
                 report.lost += rows;
                 // Abandoned: count what is left without trying to store it.

@@ -6,6 +6,8 @@
 //! - [`batcher`]: group commit. It drains gray notifications into batches and appends each
 //!   batch to a publisher over gRPC; when the publisher confirms, the batch turns blue and the
 //!   waiting requests are answered.
+//! - [`green`]: asks the consumer how far this producer's batches are in the replica, turns
+//!   them green, and evicts green entries after a TTL (they turn red).
 //! - [`error`]: the one mapping from errors to HTTP answers.
 //!
 //! Each process is one producer: its id (`<node-id>-<uuid v7>`) is new at every start, so the
@@ -14,6 +16,7 @@
 pub mod batcher;
 pub mod body;
 pub mod error;
+pub mod green;
 pub mod memory;
 pub mod routes;
 
@@ -24,19 +27,22 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use sluice_core::Notification;
+use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_client::PublisherClient;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tower_http::trace::TraceLayer;
 
 use crate::batcher::{BatchLimits, Batcher, BatcherReport};
+use crate::green::GreenTracker;
 use crate::memory::SharedMemory;
 
 /// The ingest API's own settings. The publisher's address and the storage are shared flags of
 /// the `sluice` binary.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "ingest_config")]
 pub struct Config {
     /// Bytes of notifications that shared memory may hold. When gray and blue entries fill
     /// it, POSTs are answered 503 with Retry-After; nothing accepted is dropped.
@@ -64,6 +70,13 @@ pub struct Config {
     /// At shutdown, how long to keep trying to store gray notifications before giving up.
     #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT_SECS", default_value_t = 30)]
     pub shutdown_timeout_secs: u64,
+    /// How long a notification stays in shared memory once it is in the replica (green);
+    /// then it is evicted (red). Memory pressure evicts green entries sooner.
+    #[arg(long, env = "SLUICE_GREEN_TTL_SECS", default_value_t = 300)]
+    pub green_ttl_secs: u64,
+    /// How often to ask the consumer which batches are in the replica.
+    #[arg(long, env = "SLUICE_GREEN_POLL_MS", default_value_t = 100)]
+    pub green_poll_ms: u64,
     /// This node's name, the first part of its producer id (A-Z, a-z, 0-9, '.', '_', '-').
     #[arg(long, env = "SLUICE_NODE_ID", default_value = "ingest")]
     pub node_id: String,
@@ -81,6 +94,8 @@ impl Config {
             batch_linger_ms: 1,
             ack_timeout_secs: 10,
             shutdown_timeout_secs: 10,
+            green_ttl_secs: 300,
+            green_poll_ms: 20,
             node_id: "test".to_string(),
         }
     }
@@ -113,21 +128,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// A client for the publisher at `addr` (`host:port` or a URL). It connects lazily and
-/// reconnects by itself, so the ingest API can start before its publisher.
+/// A client for the publisher at `addr`.
 pub fn publisher_client(addr: &str) -> anyhow::Result<PublisherClient<Channel>> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
-    };
-    let channel = Endpoint::from_shared(url)?
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .connect_lazy();
-    Ok(PublisherClient::new(channel)
+    Ok(PublisherClient::new(sluice_proto::lazy_channel(addr)?)
         .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
         .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES))
 }
@@ -143,13 +146,32 @@ pub fn new_producer_id(node_id: &str) -> anyhow::Result<String> {
     Ok(id)
 }
 
-/// Builds the handlers' state and the batcher that serves it; the batcher must be run for
-/// durable writes to be answered.
-pub fn build(config: Config, publisher_addr: &str) -> anyhow::Result<(AppState, Batcher)> {
+/// The background work behind the handlers: both must run for writes to be answered.
+pub struct Workers {
+    pub batcher: Batcher,
+    pub green: GreenTracker,
+}
+
+/// Builds the handlers' state and the workers that serve it.
+pub fn build(
+    config: Config,
+    publisher_addr: &str,
+    consumer_addr: &str,
+) -> anyhow::Result<(AppState, Workers)> {
     let producer_id = new_producer_id(&config.node_id)?;
     let publisher = publisher_client(publisher_addr)?;
+    let consumer = ConsumerClient::new(sluice_proto::lazy_channel(consumer_addr)?);
     let memory = Arc::new(SharedMemory::new(config.memory_bytes));
     let (staged, staged_rx) = mpsc::unbounded_channel();
+    let (durable, durable_rx) = mpsc::unbounded_channel();
+    let green = GreenTracker {
+        durable: durable_rx,
+        consumer,
+        memory: memory.clone(),
+        producer_id: producer_id.clone(),
+        poll: Duration::from_millis(config.green_poll_ms.max(1)),
+        ttl: Duration::from_secs(config.green_ttl_secs),
+    };
     let limits = BatchLimits {
         max_rows: config.batch_max_rows,
         max_bytes: config.batch_max_bytes,
@@ -159,6 +181,7 @@ pub fn build(config: Config, publisher_addr: &str) -> anyhow::Result<(AppState, 
         staged_rx,
         publisher.clone(),
         memory.clone(),
+        durable,
         producer_id.clone(),
         limits,
     );
@@ -169,7 +192,7 @@ pub fn build(config: Config, publisher_addr: &str) -> anyhow::Result<(AppState, 
         publisher,
         producer_id: producer_id.into(),
     };
-    Ok((state, batcher))
+    Ok((state, Workers { batcher, green }))
 }
 
 /// Serves the ingest API on `listener` until `shutdown` fires, then shuts down in order: stop
@@ -179,13 +202,17 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     publisher_addr: &str,
+    consumer_addr: &str,
     shutdown: CancellationToken,
 ) -> anyhow::Result<BatcherReport> {
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    let (state, batcher) = build(config, publisher_addr)?;
+    let (state, workers) = build(config, publisher_addr, consumer_addr)?;
     let abandon = CancellationToken::new();
-    let batcher = tokio::spawn(batcher.run(abandon.clone()));
-    tracing::info!(addr = ?listener.local_addr().ok(), producer_id = %state.producer_id, publisher = publisher_addr, "ingest API listening");
+    let batcher = tokio::spawn(workers.batcher.run(abandon.clone()));
+    // The tracker runs until the last request has been answered: ack=replicated waits on it.
+    let tracker_stop = CancellationToken::new();
+    let tracker = tokio::spawn(workers.green.run(tracker_stop.clone()));
+    tracing::info!(addr = ?listener.local_addr().ok(), producer_id = %state.producer_id, publisher = publisher_addr, consumer = consumer_addr, "ingest API listening");
     // When serve returns, the router and with it the last sender of staged notifications are
     // dropped: the batcher then drains what is left and finishes.
     axum::serve(listener, router(state))
@@ -202,6 +229,8 @@ pub async fn serve(
     });
     let report = batcher.await?;
     abandon_later.abort();
+    tracker_stop.cancel();
+    tracker.await?;
     tracing::info!(?report, "batcher finished");
     Ok(report)
 }

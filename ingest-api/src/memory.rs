@@ -4,10 +4,14 @@
 //! It answers three questions: is this a retry of something we already have (dedupe), what
 //! is the state of notification X, and which requests are still waiting for their
 //! notifications to reach a color. Gray and blue entries are never dropped: when the budget is
-//! spent, [`SharedMemory::admit`] refuses the whole request and the client is told to retry.
+//! spent, green entries are evicted oldest first (they turn red: still in both stores), and if
+//! that is not enough, [`SharedMemory::admit`] refuses the whole request and the client is told
+//! to retry. Green entries also turn red once they have been green for a TTL.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry as MapEntry;
@@ -88,6 +92,9 @@ pub struct MemoryStats {
     pub entries: usize,
     pub gray: u64,
     pub blue: u64,
+    pub green: u64,
+    /// Entries evicted so far (they turned red).
+    pub evicted: u64,
     pub used_bytes: usize,
     pub budget_bytes: usize,
 }
@@ -98,6 +105,10 @@ pub struct SharedMemory {
     budget: usize,
     gray: AtomicU64,
     blue: AtomicU64,
+    green: AtomicU64,
+    evicted: AtomicU64,
+    /// Green entries in the order they turned green: the eviction order.
+    green_since: Mutex<VecDeque<(Instant, Key)>>,
 }
 
 impl SharedMemory {
@@ -108,7 +119,31 @@ impl SharedMemory {
             budget,
             gray: AtomicU64::new(0),
             blue: AtomicU64::new(0),
+            green: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
+            green_since: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Reserves `needed` bytes, evicting green entries if that makes room.
+    fn reserve(&self, needed: usize) -> Result<(), MemoryFull> {
+        let try_reserve = || {
+            self.used_bytes
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                    (used + needed <= self.budget).then_some(used + needed)
+                })
+                .map(|_| ())
+        };
+        try_reserve()
+            .or_else(|_| {
+                self.evict(Duration::MAX, needed);
+                try_reserve()
+            })
+            .map_err(|used| MemoryFull {
+                needed,
+                used,
+                budget: self.budget,
+            })
     }
 
     /// Admits a request's notifications as gray entries, all or none.
@@ -127,15 +162,7 @@ impl SharedMemory {
         let needed: usize = sizes.iter().sum();
         // Reserve the whole request up front; duplicates give their share back below. A
         // compare-and-swap keeps concurrent requests from overshooting the budget together.
-        self.used_bytes
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                (used + needed <= self.budget).then_some(used + needed)
-            })
-            .map_err(|used| MemoryFull {
-                needed,
-                used,
-                budget: self.budget,
-            })?;
+        self.reserve(needed)?;
 
         let mut outcomes = Vec::with_capacity(items.len());
         let mut staged = Vec::with_capacity(items.len());
@@ -180,23 +207,78 @@ impl SharedMemory {
 
     /// Turns the batch's entries blue and wakes the requests that waited for them.
     pub fn mark_durable(&self, records: &[Arc<Notification>]) {
+        self.advance(records, Color::Blue);
+    }
+
+    /// Turns the batch's entries green (they are in the replica) and wakes the requests that
+    /// waited for them. From now on their TTL runs and they may be evicted.
+    pub fn mark_replicated(&self, records: &[Arc<Notification>]) {
+        let turned = self.advance(records, Color::Green);
+        let now = Instant::now();
+        let mut order = self.green_since.lock().expect("green_since lock poisoned");
+        order.extend(turned.into_iter().map(|key| (now, key)));
+    }
+
+    /// Moves entries forward to `color` (never back) and releases the waiters it satisfies.
+    /// Returns the keys whose color changed.
+    fn advance(&self, records: &[Arc<Notification>], color: Color) -> Vec<Key> {
+        let mut turned = Vec::new();
         for record in records {
-            let Some(mut entry) = self.entries.get_mut(&key_of(record)) else {
+            let key = key_of(record);
+            let Some(mut entry) = self.entries.get_mut(&key) else {
                 continue;
             };
-            if entry.color == Color::Gray {
-                entry.color = Color::Blue;
-                self.gray.fetch_sub(1, Ordering::Relaxed);
-                self.blue.fetch_add(1, Ordering::Relaxed);
+            if entry.color < color {
+                self.counter(entry.color).fetch_sub(1, Ordering::Relaxed);
+                self.counter(color).fetch_add(1, Ordering::Relaxed);
+                entry.color = color;
+                turned.push(key);
             }
-            let color = entry.color;
+            let reached_color = entry.color;
             entry.waiters.retain(|(level, waiter)| {
-                let reached = *level <= color;
+                let reached = *level <= reached_color;
                 if reached {
                     waiter.release();
                 }
                 !reached
             });
+        }
+        turned
+    }
+
+    fn counter(&self, color: Color) -> &AtomicU64 {
+        match color {
+            Color::Gray => &self.gray,
+            Color::Blue => &self.blue,
+            Color::Green | Color::Red => &self.green,
+        }
+    }
+
+    /// Evicts green entries, oldest first: every one green for at least `ttl`, and more while
+    /// fewer than `needed` bytes of the budget are free. Returns how many turned red.
+    pub fn evict(&self, ttl: Duration, needed: usize) -> usize {
+        let mut evicted = 0;
+        loop {
+            let next = {
+                let mut order = self.green_since.lock().expect("green_since lock poisoned");
+                let free = self.budget - self.used_bytes.load(Ordering::Acquire).min(self.budget);
+                match order.front() {
+                    Some((since, _)) if since.elapsed() >= ttl || free < needed => {
+                        order.pop_front()
+                    }
+                    _ => None,
+                }
+            };
+            let Some((_, key)) = next else {
+                return evicted;
+            };
+            if let Some((_, entry)) = self.entries.remove_if(&key, |_, e| e.color == Color::Green) {
+                self.used_bytes
+                    .fetch_sub(entry.record.approx_size(), Ordering::AcqRel);
+                self.green.fetch_sub(1, Ordering::Relaxed);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                evicted += 1;
+            }
         }
     }
 
@@ -212,6 +294,8 @@ impl SharedMemory {
             entries: self.entries.len(),
             gray: self.gray.load(Ordering::Relaxed),
             blue: self.blue.load(Ordering::Relaxed),
+            green: self.green.load(Ordering::Relaxed),
+            evicted: self.evicted.load(Ordering::Relaxed),
             used_bytes: self.used_bytes.load(Ordering::Relaxed),
             budget_bytes: self.budget,
         }
@@ -266,6 +350,52 @@ mod tests {
         assert_eq!(memory.get("p", "b").unwrap().0, Color::Blue);
         assert_eq!(memory.stats().gray, 0);
         assert_eq!(memory.stats().blue, 2);
+    }
+
+    #[tokio::test]
+    async fn replicated_waiters_wait_for_green_and_green_entries_expire() {
+        let memory = SharedMemory::new(1 << 20);
+        let waiter = AckWaiter::new();
+        let (_, staged) = memory
+            .admit(vec![note("g")], Some((Color::Green, &waiter)))
+            .unwrap();
+        memory.mark_durable(&staged);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiter.wait())
+                .await
+                .is_err(),
+            "blue is not enough for ack=replicated"
+        );
+        memory.mark_replicated(&staged);
+        waiter.done.notified().await;
+        assert_eq!(memory.get("p", "g").unwrap().0, Color::Green);
+        assert_eq!(
+            memory.evict(Duration::from_secs(60), 0),
+            0,
+            "not expired yet"
+        );
+        assert_eq!(memory.evict(Duration::ZERO, 0), 1);
+        assert!(memory.get("p", "g").is_none(), "red: gone from memory");
+        let stats = memory.stats();
+        assert_eq!((stats.green, stats.evicted, stats.used_bytes), (0, 1, 0));
+    }
+
+    #[test]
+    fn memory_pressure_evicts_green_before_refusing() {
+        let one = note("x").approx_size();
+        let memory = SharedMemory::new(one * 2);
+        let (_, staged) = memory.admit(vec![note("1"), note("2")], None).unwrap();
+        memory.mark_durable(&staged[..1]);
+        memory.mark_replicated(&staged[..1]);
+        // "1" is green, "2" is blue: one entry's room can be made, not two.
+        assert!(memory.admit(vec![note("3"), note("4")], None).is_err());
+        assert!(
+            memory.get("p", "1").is_none(),
+            "green gives way under pressure"
+        );
+        assert!(memory.get("p", "2").is_some(), "blue is never evicted");
+        memory.admit(vec![note("3")], None).unwrap();
+        assert_eq!(memory.stats().evicted, 1);
     }
 
     #[test]

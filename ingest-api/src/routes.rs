@@ -83,13 +83,6 @@ pub(crate) async fn post_notifications(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let ack = params.ack()?;
-    if ack == Ack::Replicated {
-        return Err(ApiError::NotImplemented(
-            "ack=replicated needs the replica, which this version does not build yet; use \
-             ack=durable (the default) or ack=staged"
-                .to_string(),
-        ));
-    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .map(|v| v.to_str().unwrap_or("(not text)"));
@@ -123,10 +116,15 @@ pub(crate) async fn post_notifications(
         return Ok((StatusCode::BAD_REQUEST, Json(json!(answer))));
     }
 
-    let waiter = (ack == Ack::Durable).then(AckWaiter::new);
+    let wait_for = match ack {
+        Ack::Staged => None,
+        Ack::Durable => Some(Color::Blue),
+        Ack::Replicated => Some(Color::Green),
+    };
+    let waiter = wait_for.map(|_| AckWaiter::new());
     let (outcomes, staged) = state
         .memory
-        .admit(candidates, waiter.as_ref().map(|w| (Color::Blue, w)))
+        .admit(candidates, wait_for.zip(waiter.as_ref()))
         .map_err(|full| ApiError::MemoryFull {
             used: full.used,
             budget: full.budget,
@@ -139,9 +137,13 @@ pub(crate) async fn post_notifications(
     if let Some(waiter) = waiter {
         let timeout = Duration::from_secs(state.config.ack_timeout_secs);
         if tokio::time::timeout(timeout, waiter.wait()).await.is_err() {
+            let (state_wanted, service) = match ack {
+                Ack::Replicated => ("replicated", "consumer"),
+                _ => ("durable", "publisher"),
+            };
             return Err(ApiError::Unavailable(format!(
-                "the notifications were accepted but are not durable after {}s (is the \
-                 publisher reachable?); they stay queued, and retrying this request is safe: \
+                "the notifications were accepted but are not {state_wanted} after {}s (is the \
+                 {service} reachable?); they stay queued, and retrying this request is safe: \
                  it will not store anything twice",
                 timeout.as_secs()
             )));

@@ -48,8 +48,10 @@ async fn harness(config: Config) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     start_publisher(listener, &storage, stop.clone()).await;
-    let (state, batcher) = sluice_ingest_api::build(config, &addr).unwrap();
-    tokio::spawn(batcher.run(stop.clone()));
+    // No consumer in these tests: nothing turns green here (the workspace tests cover it).
+    let (state, workers) = sluice_ingest_api::build(config, &addr, &closed_addr()).unwrap();
+    tokio::spawn(workers.batcher.run(stop.clone()));
+    tokio::spawn(workers.green.run(stop.clone()));
     Harness {
         router: sluice_ingest_api::router(state.clone()),
         state,
@@ -57,6 +59,12 @@ async fn harness(config: Config) -> Harness {
         _dir: dir,
         stop,
     }
+}
+
+/// An address nothing listens on.
+fn closed_addr() -> String {
+    let reserved = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    reserved.local_addr().unwrap().to_string()
 }
 
 fn note(id: &str) -> Value {
@@ -305,13 +313,6 @@ async fn bad_input_gets_a_clear_4xx_and_accepted_data_is_unaffected() {
             StatusCode::BAD_REQUEST,
             "unknown ack level",
         ),
-        (
-            "?ack=replicated",
-            "application/json",
-            note("y").to_string().into_bytes(),
-            StatusCode::NOT_IMPLEMENTED,
-            "replica",
-        ),
     ];
     for (query, content_type, body, expected, reason) in cases {
         let (status, answer) = post(&h.router, query, content_type, body).await;
@@ -396,10 +397,11 @@ async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
     drop(reserved);
     let mut config = Config::for_tests();
     config.ack_timeout_secs = 1;
-    let (state, batcher) = sluice_ingest_api::build(config, &addr.to_string()).unwrap();
+    let (state, workers) =
+        sluice_ingest_api::build(config, &addr.to_string(), &closed_addr()).unwrap();
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
-    tokio::spawn(batcher.run(stop.clone()));
+    tokio::spawn(workers.batcher.run(stop.clone()));
     let router = sluice_ingest_api::router(state);
 
     let (status, body) = post(&router, "", "application/json", note("late").to_string()).await;
@@ -430,6 +432,24 @@ async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
     let (status, body) = get(&router, "/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["publisher"]["put_if_absent_enforced"], true);
+
+    // Without a consumer nothing becomes green: ack=replicated times out, durably stored.
+    let (status, body) = post(
+        &router,
+        "?ack=replicated",
+        "application/json",
+        note("r").to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not replicated after 1s (is the consumer reachable?)")
+    );
+    let (_, body) = get(&router, "/v1/notifications/mastodon/r").await;
+    assert_eq!(body["color"], "blue");
 }
 
 async fn wait_for_color(router: &Router, id: &str, color: &str) {

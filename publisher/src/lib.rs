@@ -9,20 +9,27 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use sluice_core::master::{MasterStore, SegmentWrite, check_producer_id};
 use sluice_core::storage::Storage;
 use sluice_core::{Error, Notification};
+use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_server::{Publisher, PublisherServer};
-use sluice_proto::v1::{AppendRequest, AppendResponse, StatusRequest, StatusResponse};
+use sluice_proto::v1::{
+    AppendRequest, AppendResponse, SegmentStoredRequest, StatusRequest, StatusResponse,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub struct PublisherService {
     master: MasterStore,
     status: StatusResponse,
+    /// Told of every stored segment, so replication need not wait for its next listing.
+    consumer: Option<ConsumerClient<Channel>>,
 }
 
 impl PublisherService {
@@ -46,7 +53,14 @@ impl PublisherService {
                 storage: storage.url.to_string(),
                 put_if_absent_enforced: enforced,
             },
+            consumer: None,
         })
+    }
+
+    /// Announces each stored segment to this consumer.
+    pub fn with_consumer(mut self, consumer: ConsumerClient<Channel>) -> Self {
+        self.consumer = Some(consumer);
+        self
     }
 }
 
@@ -85,13 +99,27 @@ impl Publisher for PublisherService {
             .write_segment(&producer_id, sequence, Arc::from(records))
             .await
             .map_err(AppendError::from)?;
-        match &written {
+        let bytes = match &written {
             SegmentWrite::Created { path, bytes } => {
-                tracing::debug!(path, rows, bytes, "segment written")
+                tracing::debug!(path, rows, bytes, "segment written");
+                *bytes as u64
             }
             SegmentWrite::AlreadyPresent { path } => {
-                tracing::info!(path, rows, "retried batch was already stored")
+                tracing::info!(path, rows, "retried batch was already stored");
+                0
             }
+        };
+        if let Some(consumer) = &self.consumer {
+            announce(
+                consumer.clone(),
+                SegmentStoredRequest {
+                    producer_id,
+                    sequence,
+                    segment_key: written.path().to_string(),
+                    rows,
+                    bytes,
+                },
+            );
         }
         Ok(Response::new(AppendResponse {
             segment_key: written.path().to_string(),
@@ -106,6 +134,18 @@ impl Publisher for PublisherService {
     ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.status.clone()))
     }
+}
+
+/// Tells the consumer of a stored segment, in the background: the Append has been answered by
+/// then, and a lost announcement only delays replication until the consumer's next listing.
+fn announce(mut consumer: ConsumerClient<Channel>, segment: SegmentStoredRequest) {
+    tokio::spawn(async move {
+        let mut request = Request::new(segment);
+        request.set_timeout(Duration::from_secs(5));
+        if let Err(status) = consumer.segment_stored(request).await {
+            tracing::debug!(code = ?status.code(), message = status.message(), "consumer not told of a segment");
+        }
+    });
 }
 
 /// The one place storage errors become gRPC statuses.

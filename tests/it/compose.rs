@@ -13,7 +13,7 @@ fn compose_file_parses_and_names_real_settings() {
         serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     compose.apply_merge().unwrap();
     let services = compose["services"].as_mapping().expect("services");
-    for name in ["minio", "publisher", "ingest-api"] {
+    for name in ["minio", "publisher", "consumer", "ingest-api"] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     let mut checked = BTreeSet::new();

@@ -3,5 +3,6 @@
 
 mod compose;
 mod master_store;
+mod replica;
 mod support;
 mod write_path;

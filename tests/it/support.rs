@@ -165,6 +165,12 @@ impl Sluice {
         }
     }
 
+    /// Waits for the process to exit by itself and returns its exit code.
+    pub(crate) fn wait(&mut self) -> i32 {
+        let mut child = self.child.take().expect("process is running");
+        child.wait().unwrap().code().unwrap_or(-1)
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -306,4 +312,60 @@ pub(crate) async fn count_master(
         }
     }
     counts
+}
+
+impl S3Server {
+    /// The Delta URL and storage options of a table in this server's Sluice bucket, given
+    /// explicitly (never from the process environment).
+    pub(crate) fn table(
+        &self,
+        path: &str,
+    ) -> (url::Url, std::collections::HashMap<String, String>) {
+        let url = url::Url::parse(&format!("s3://{BUCKET}/{path}")).unwrap();
+        let options = [
+            ("AWS_ENDPOINT_URL", self.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ALLOW_HTTP", "true"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        (url, options)
+    }
+}
+
+/// A Python with `tests/requirements.txt` installed, in a venv under the target directory,
+/// made the first time a test asks for it.
+pub(crate) fn python() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pyenv");
+            let python = venv.join("bin/python");
+            let ready = || {
+                python.exists()
+                    && Command::new(&python)
+                        .args(["-c", "import deltalake, pyarrow"])
+                        .status()
+                        .is_ok_and(|s| s.success())
+            };
+            if !ready() {
+                let made = Command::new("python3")
+                    .args(["-m", "venv"])
+                    .arg(&venv)
+                    .status()
+                    .expect("python3 runs");
+                assert!(made.success(), "python3 -m venv failed");
+                let requirements = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/requirements.txt");
+                let installed = Command::new(&python)
+                    .args(["-m", "pip", "install", "--quiet", "-r", requirements])
+                    .status()
+                    .expect("pip runs");
+                assert!(installed.success(), "pip install -r {requirements} failed");
+            }
+            python
+        })
+        .clone()
 }

@@ -65,6 +65,9 @@ impl Pipeline {
         let mut env = s3.env();
         env.push(("SLUICE_PUBLISHER_ADDR".into(), publisher_addr.to_string()));
         env.push(("SLUICE_INGEST_ADDR".into(), ingest_addr.to_string()));
+        // No consumer runs here; the address is this test's own, so no other test's consumer
+        // hears of these segments.
+        env.push(("SLUICE_CONSUMER_ADDR".into(), free_addr().to_string()));
         let publisher = Sluice::spawn(&["publisher"], &env, dir.path(), "publisher");
         let ingest = Sluice::spawn(&["ingest-api"], &env, dir.path(), "ingest");
         wait_for_port(publisher_addr, &publisher).await;
@@ -94,7 +97,7 @@ impl Pipeline {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sluice_all_on_the_embedded_default_answers_blue() {
+async fn sluice_all_on_the_embedded_default_answers_blue_then_green() {
     let dir = tempfile::tempdir().unwrap();
     let ingest = free_addr();
     let publisher = free_addr();
@@ -132,9 +135,33 @@ async fn sluice_all_on_the_embedded_default_answers_blue() {
         .await
         .unwrap();
     assert_eq!(state["color"], "blue", "{state}");
+
+    // ack=replicated answers once the notification is in the replica: green.
+    let answer = client
+        .post(format!("http://{ingest}/v1/notifications?ack=replicated"))
+        .json(&notification(2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let state: Value = client
+        .get(format!("http://{ingest}/v1/notifications/threads/n2"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(state["color"], "green", "{state}");
+
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
     let segments: Vec<_> = walk(&dir.path().join("data/master"));
-    assert_eq!(segments.len(), 1, "{segments:?}");
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    let parquet = walk(&dir.path().join("data/replica"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .count();
+    assert!(parquet >= 1, "the replica holds Parquet files");
 }
 
 fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -1,0 +1,140 @@
+//! The replica table: a Delta Lake table of Parquet files (zstd), partitioned by day.
+//!
+//! Delta gives atomic commits on S3 (put-if-absent of the next log entry), snapshot isolation
+//! for readers, time travel, compaction, and a table that DuckDB, Spark, Polars and Trino read as
+//! is. Every commit carries one Delta transaction id (`txn`) per producer whose batches it holds:
+//! app id = producer id, version = that producer's last batch sequence in the commit. That
+//! record, inside the same atomic commit as the rows, is what makes replication exactly-once.
+
+use std::collections::{BTreeMap, HashMap};
+
+use arrow::array::RecordBatch;
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use sluice_core::storage::{StorageUrl, s3_endpoint, s3_region};
+use url::Url;
+
+use crate::schema::{PARTITION_COLUMN, delta_columns};
+
+/// Where the replica lives inside the store, unless told otherwise.
+pub const DEFAULT_REPLICA_PATH: &str = "replica";
+
+/// The Delta URL and storage options of a table at `path` inside `storage`.
+pub fn table_location(
+    storage: &StorageUrl,
+    path: &str,
+) -> anyhow::Result<(Url, HashMap<String, String>)> {
+    let path = path.trim_matches('/');
+    match storage {
+        StorageUrl::Local(dir) => {
+            let dir = std::path::absolute(dir.join(path))?;
+            std::fs::create_dir_all(&dir)?;
+            let url = Url::from_directory_path(&dir)
+                .map_err(|()| anyhow::anyhow!("{} is not an absolute path", dir.display()))?;
+            Ok((url, HashMap::new()))
+        }
+        StorageUrl::S3 { bucket, prefix } => {
+            let key = if prefix.is_empty() {
+                path.to_string()
+            } else {
+                format!("{prefix}/{path}")
+            };
+            let url = Url::parse(&format!("s3://{bucket}/{key}"))?;
+            // The standard AWS variables apply (deltalake reads them too); these two are what
+            // deltalake would not infer by itself.
+            let mut options = HashMap::from([("AWS_REGION".to_string(), s3_region())]);
+            if let Some(endpoint) = s3_endpoint() {
+                options.insert(
+                    "AWS_ALLOW_HTTP".into(),
+                    endpoint.starts_with("http://").to_string(),
+                );
+                options.insert("AWS_ENDPOINT_URL".into(), endpoint);
+            }
+            Ok((url, options))
+        }
+    }
+}
+
+/// A handle on the replica table.
+pub struct Replica {
+    table: DeltaTable,
+}
+
+impl Replica {
+    /// Opens the table, creating it (empty, with the replica's columns) when it does not exist.
+    pub async fn open_or_create(
+        url: Url,
+        options: HashMap<String, String>,
+    ) -> Result<Self, DeltaTableError> {
+        deltalake::aws::register_handlers(None);
+        let table = DeltaTable::try_from_url_with_storage_options(url, options)
+            .await?
+            .create()
+            .with_table_name("notifications")
+            .with_columns(delta_columns())
+            .with_partition_columns([PARTITION_COLUMN])
+            .with_save_mode(SaveMode::Ignore)
+            .await?;
+        Ok(Replica { table })
+    }
+
+    pub fn table(&self) -> &DeltaTable {
+        &self.table
+    }
+
+    /// The table version this handle sees.
+    pub fn version(&self) -> u64 {
+        self.table.version().unwrap_or(0)
+    }
+
+    /// Reloads the latest committed version.
+    pub async fn refresh(&mut self) -> Result<(), DeltaTableError> {
+        self.table.update_state().await
+    }
+
+    /// The last batch sequence committed for `producer` (0 when none), as the latest loaded
+    /// snapshot records it.
+    pub async fn committed_sequence(&self, producer: &str) -> Result<u64, DeltaTableError> {
+        let snapshot = self.table.snapshot()?;
+        let version = snapshot
+            .transaction_version(self.table.log_store().as_ref(), producer)
+            .await?;
+        Ok(version.map_or(0, |v| v.max(0) as u64))
+    }
+
+    /// Appends `batches` in one commit that also records, for each producer, the last batch
+    /// sequence the commit holds. Returns the new table version.
+    pub async fn append(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        last_sequences: &BTreeMap<String, u64>,
+    ) -> Result<u64, DeltaTableError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let transactions = last_sequences
+            .iter()
+            .map(|(producer, sequence)| {
+                Transaction::new_with_last_update(producer, *sequence as i64, Some(now_ms))
+            })
+            .collect();
+        let writer = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .build();
+        let table = self
+            .table
+            .clone()
+            .write(batches)
+            .with_save_mode(SaveMode::Append)
+            .with_partition_columns([PARTITION_COLUMN])
+            .with_writer_properties(writer)
+            .with_commit_properties(
+                CommitProperties::default().with_application_transactions(transactions),
+            )
+            .await?;
+        self.table = table;
+        Ok(self.version())
+    }
+}

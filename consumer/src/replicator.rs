@@ -1,0 +1,377 @@
+//! The replication loop: the one committer of a replica table.
+//!
+//! It learns of master segments from publishers (a gRPC call after each Append) and from
+//! listing `master/` (at start and every `list_interval`, to catch what a crash hid). It keeps
+//! them pending per producer and replicates, in one Delta commit, every producer's segments
+//! that follow contiguously on what the table already holds, once enough rows or bytes are
+//! waiting or the oldest has waited `max_age` (the freshness knob).
+//!
+//! Exactly once, per round:
+//! 1. reload the table and read each producer's recorded sequence from the Delta `txn`s;
+//! 2. drop segments at or below it (a replay, or a commit whose answer a crash swallowed);
+//!    start each producer exactly at recorded + 1, and take its segments in sequence order;
+//! 3. write the Parquet files and commit them together with the new `txn` versions. The
+//!    commit is atomic: either rows and versions are both in the table, or neither is.
+//!
+//! A crash between writing Parquet and committing leaves unreferenced files (vacuum removes
+//! them) and unchanged versions, so the same segments are replicated again: never doubled,
+//! never skipped. The argument in full: `docs/replica.md`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use futures::{StreamExt, TryStreamExt};
+use sluice_core::master::MasterStore;
+use sluice_core::segment::Segment;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::replica::Replica;
+use crate::schema::to_record_batch;
+
+/// When a round of replication runs.
+#[derive(Debug, Clone)]
+pub struct ReplicatorConfig {
+    /// Replicate once this many rows are waiting…
+    pub max_rows: u64,
+    /// … or this many bytes of segments…
+    pub max_bytes: u64,
+    /// … or once the oldest waiting segment has waited this long.
+    pub max_age: Duration,
+    /// How often `master/` is listed to find segments no publisher announced.
+    pub list_interval: Duration,
+    /// Segments read from the master store at once.
+    pub read_concurrency: usize,
+}
+
+impl ReplicatorConfig {
+    pub fn for_tests() -> Self {
+        ReplicatorConfig {
+            max_rows: 50_000,
+            max_bytes: 64 << 20,
+            max_age: Duration::from_millis(200),
+            list_interval: Duration::from_secs(2),
+            read_concurrency: 8,
+        }
+    }
+}
+
+/// A segment the replicator was told of.
+#[derive(Debug, Clone)]
+pub struct SegmentNotice {
+    pub producer: String,
+    pub sequence: u64,
+    pub path: String,
+    /// Known when a publisher announces the segment; a listing only knows its size.
+    pub rows: Option<u64>,
+    pub bytes: u64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    path: String,
+    rows: Option<u64>,
+    bytes: u64,
+    since: Instant,
+}
+
+/// How far each producer's batches are in the replica. Shared with the gRPC service.
+#[derive(Debug, Default)]
+pub struct Progress {
+    sequences: DashMap<String, u64>,
+    table_version: AtomicU64,
+}
+
+impl Progress {
+    /// The last replicated batch sequence of `producer`; 0 when none is known.
+    pub fn replicated(&self, producer: &str) -> u64 {
+        self.sequences.get(producer).map_or(0, |s| *s)
+    }
+
+    pub fn table_version(&self) -> u64 {
+        self.table_version.load(Ordering::Acquire)
+    }
+}
+
+/// What one round did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RoundReport {
+    pub segments: usize,
+    pub rows: usize,
+    pub table_version: u64,
+}
+
+pub struct Replicator {
+    master: MasterStore,
+    replica: Replica,
+    config: ReplicatorConfig,
+    pending: BTreeMap<String, BTreeMap<u64, Pending>>,
+    progress: Arc<Progress>,
+}
+
+impl Replicator {
+    pub fn new(master: MasterStore, replica: Replica, config: ReplicatorConfig) -> Self {
+        let progress = Arc::new(Progress::default());
+        progress
+            .table_version
+            .store(replica.version(), Ordering::Release);
+        Replicator {
+            master,
+            replica,
+            config,
+            pending: BTreeMap::new(),
+            progress,
+        }
+    }
+
+    pub fn progress(&self) -> Arc<Progress> {
+        self.progress.clone()
+    }
+
+    /// Replicates as segments arrive until `shutdown`, then replicates what is waiting once
+    /// more before returning.
+    pub async fn run(
+        mut self,
+        mut notices: mpsc::UnboundedReceiver<SegmentNotice>,
+        shutdown: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while let Err(error) = self.list_master().await {
+            tracing::warn!(%error, "cannot list the master store; retrying");
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = shutdown.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+        let mut listing = tokio::time::interval(self.config.list_interval);
+        listing.reset();
+        loop {
+            let deadline = self.oldest_ready().map(|since| since + self.config.max_age);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                notice = notices.recv() => match notice {
+                    Some(notice) => self.learn(notice).await,
+                    None => break,
+                },
+                _ = listing.tick() => {
+                    if let Err(error) = self.list_master().await {
+                        tracing::warn!(%error, "cannot list the master store");
+                    }
+                }
+                () = sleep_until(deadline) => {}
+            }
+            if self.round_is_due()
+                && let Err(error) = self.replicate_round().await
+            {
+                tracing::warn!(%error, "replication round failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+        if let Err(error) = self.replicate_ready().await {
+            tracing::warn!(%error, "final replication round at shutdown failed");
+        }
+    }
+
+    /// Lists the master store and replicates every segment it holds that the table does not,
+    /// then returns. This is `sluice replay` and a catch-up after a long outage.
+    pub async fn replicate_ready(&mut self) -> anyhow::Result<RoundReport> {
+        let mut total = RoundReport {
+            table_version: self.replica.version(),
+            ..RoundReport::default()
+        };
+        loop {
+            let round = self.replicate_round().await?;
+            if round.segments == 0 {
+                return Ok(total);
+            }
+            total.segments += round.segments;
+            total.rows += round.rows;
+            total.table_version = round.table_version;
+        }
+    }
+
+    /// Lists every segment in the master store and learns of those not yet replicated.
+    pub async fn list_master(&mut self) -> anyhow::Result<()> {
+        for segment in self.master.list_segments().await? {
+            self.learn(SegmentNotice {
+                producer: segment.producer,
+                sequence: segment.sequence,
+                path: segment.path,
+                rows: None,
+                bytes: segment.size,
+            })
+            .await;
+        }
+        Ok(())
+    }
+
+    /// Takes note of a segment, unless the table already holds it.
+    pub async fn learn(&mut self, notice: SegmentNotice) {
+        let committed = match self.committed(&notice.producer).await {
+            Ok(committed) => committed,
+            Err(error) => {
+                // Keep it: the round re-reads the recorded version before it commits.
+                tracing::warn!(%error, producer = notice.producer, "cannot read the producer's replicated sequence");
+                0
+            }
+        };
+        if notice.sequence <= committed {
+            return;
+        }
+        let entry = self
+            .pending
+            .entry(notice.producer)
+            .or_default()
+            .entry(notice.sequence)
+            .or_insert(Pending {
+                path: notice.path,
+                rows: notice.rows,
+                bytes: notice.bytes,
+                since: Instant::now(),
+            });
+        entry.rows = entry.rows.or(notice.rows);
+    }
+
+    /// The producer's replicated sequence, read from the table the first time.
+    async fn committed(&self, producer: &str) -> anyhow::Result<u64> {
+        if let Some(sequence) = self.progress.sequences.get(producer) {
+            return Ok(*sequence);
+        }
+        let sequence = self.replica.committed_sequence(producer).await?;
+        self.progress
+            .sequences
+            .insert(producer.to_string(), sequence);
+        Ok(sequence)
+    }
+
+    /// Each producer's pending segments that follow on its replicated sequence without a gap.
+    fn ready(&self) -> impl Iterator<Item = (&String, u64, &Pending)> {
+        self.pending.iter().flat_map(|(producer, segments)| {
+            let mut next = self.progress.replicated(producer) + 1;
+            segments
+                .range(next..)
+                .take_while(move |(sequence, _)| {
+                    let contiguous = **sequence == next;
+                    next += 1;
+                    contiguous
+                })
+                .map(move |(sequence, pending)| (producer, *sequence, pending))
+        })
+    }
+
+    fn oldest_ready(&self) -> Option<Instant> {
+        self.ready().map(|(_, _, p)| p.since).min()
+    }
+
+    fn round_is_due(&self) -> bool {
+        let (mut rows, mut bytes, mut oldest) = (0, 0, None::<Instant>);
+        for (_, _, pending) in self.ready() {
+            rows += pending.rows.unwrap_or(0);
+            bytes += pending.bytes;
+            oldest = Some(oldest.map_or(pending.since, |o| o.min(pending.since)));
+        }
+        rows >= self.config.max_rows
+            || bytes >= self.config.max_bytes
+            || oldest.is_some_and(|o| o.elapsed() >= self.config.max_age)
+    }
+
+    /// One commit: the ready segments (up to the row and byte bounds) of every producer.
+    pub async fn replicate_round(&mut self) -> anyhow::Result<RoundReport> {
+        // 1. What does the table hold now? Another committer (a consumer presumed dead) or an
+        //    earlier life of this one may have moved a producer on.
+        self.replica.refresh().await?;
+        let producers: Vec<String> = self.pending.keys().cloned().collect();
+        for producer in producers {
+            let recorded = self.replica.committed_sequence(&producer).await?;
+            self.progress.sequences.insert(producer.clone(), recorded);
+            if let Some(segments) = self.pending.get_mut(&producer) {
+                segments.retain(|sequence, _| *sequence > recorded);
+            }
+        }
+        self.pending.retain(|_, segments| !segments.is_empty());
+
+        // 2. Take ready segments in order, within the bounds of one round.
+        let (mut rows, mut bytes) = (0, 0);
+        let mut chosen: Vec<(String, u64, String)> = Vec::new();
+        for (producer, sequence, pending) in self.ready() {
+            if !chosen.is_empty()
+                && (rows >= self.config.max_rows || bytes >= self.config.max_bytes)
+            {
+                break;
+            }
+            rows += pending.rows.unwrap_or(0);
+            bytes += pending.bytes;
+            chosen.push((producer.clone(), sequence, pending.path.clone()));
+        }
+        if chosen.is_empty() {
+            return Ok(RoundReport {
+                table_version: self.replica.version(),
+                ..RoundReport::default()
+            });
+        }
+
+        let paths: Vec<String> = chosen.iter().map(|(_, _, path)| path.clone()).collect();
+        let master = self.master.clone();
+        let segments: Vec<Segment> = futures::stream::iter(paths)
+            .map(|path| {
+                let master = master.clone();
+                async move { master.read_segment(&path).await }
+            })
+            .buffered(self.config.read_concurrency)
+            .try_collect()
+            .await
+            .inspect_err(|error| {
+                // An announcement of a segment that does not exist (a publisher of another
+                // store, a typo in an address) must not block the others: forget it. A real
+                // segment is found again by the next listing.
+                if let sluice_core::Error::NotFound { path } = error {
+                    for segments in self.pending.values_mut() {
+                        segments.retain(|_, pending| pending.path != *path);
+                    }
+                }
+            })?;
+        let mut last_sequences = BTreeMap::new();
+        for ((producer, sequence, path), segment) in chosen.iter().zip(&segments) {
+            anyhow::ensure!(
+                segment.header.producer == *producer && segment.header.sequence == *sequence,
+                "segment {path} says it is {}/{}",
+                segment.header.producer,
+                segment.header.sequence
+            );
+            last_sequences.insert(producer.clone(), *sequence);
+        }
+        let rows: usize = segments.iter().map(|s| s.records.len()).sum();
+        let batch = tokio::task::spawn_blocking(move || to_record_batch(&segments)).await??;
+
+        // 3. Rows and versions in one atomic commit.
+        let version = self.replica.append(vec![batch], &last_sequences).await?;
+        for (producer, sequence) in &last_sequences {
+            self.progress.sequences.insert(producer.clone(), *sequence);
+            if let Some(segments) = self.pending.get_mut(producer) {
+                segments.retain(|s, _| s > sequence);
+            }
+        }
+        self.pending.retain(|_, segments| !segments.is_empty());
+        self.progress
+            .table_version
+            .store(version, Ordering::Release);
+        tracing::debug!(segments = chosen.len(), rows, version, "replicated");
+        Ok(RoundReport {
+            segments: chosen.len(),
+            rows,
+            table_version: version,
+        })
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

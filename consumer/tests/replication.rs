@@ -1,0 +1,235 @@
+//! The replicator against a real directory: exactly once across restarts, replays, stale
+//! committers, gaps and crashes between writing Parquet and committing; compaction.
+
+use std::sync::Arc;
+
+use deltalake::datafusion::prelude::SessionContext;
+use sluice_consumer::maintenance::{MaintenanceConfig, maintain};
+use sluice_consumer::replica::Replica;
+use sluice_consumer::replicator::{Replicator, ReplicatorConfig, SegmentNotice};
+use sluice_consumer::{open_replica, schema};
+use sluice_core::Notification;
+use sluice_core::master::MasterStore;
+use sluice_core::storage::{Storage, StorageUrl};
+
+const DAY: i64 = 86_400_000_000;
+/// 2026-11-01T00:00:00Z
+const NOV_1: i64 = 1_761_955_200_000_000;
+
+fn records(producer: &str, sequence: u64, rows: usize, day_offset: i64) -> Arc<[Notification]> {
+    (0..rows)
+        .map(|row| Notification {
+            platform: "bsky".into(),
+            id: format!("{producer}-{sequence}-{row}"),
+            kind: "post.liked".into(),
+            occurred_at: NOV_1 + day_offset * DAY + row as i64,
+            received_at: NOV_1 + 5 * DAY,
+            post_id: Some(format!("p{}", row % 3)),
+            author_id: None,
+            actor_id: Some("actor".into()),
+            text: None,
+            lang: Some("en".into()),
+            tags: vec!["a".into(), format!("t{row}")],
+            metrics: [("likes".to_string(), row as i64)].into(),
+            attributes: Some(r#"{"k":1}"#.into()),
+        })
+        .collect()
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    storage: Storage,
+    master: MasterStore,
+}
+
+async fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&StorageUrl::Local(dir.path().to_path_buf()))
+        .await
+        .unwrap();
+    let master = MasterStore::new(storage.store.clone());
+    Setup {
+        _dir: dir,
+        storage,
+        master,
+    }
+}
+
+async fn write(master: &MasterStore, producer: &str, sequence: u64, rows: usize) {
+    master
+        .write_segment(producer, sequence, records(producer, sequence, rows, 0))
+        .await
+        .unwrap();
+}
+
+async fn replicator(setup: &Setup) -> Replicator {
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let mut replicator =
+        Replicator::new(setup.master.clone(), replica, ReplicatorConfig::for_tests());
+    replicator.list_master().await.unwrap();
+    replicator
+}
+
+async fn query(replica: &Replica, sql: &str) -> Vec<i64> {
+    let ctx = SessionContext::new();
+    let mut table = replica.table().clone();
+    table.update_state().await.unwrap();
+    ctx.register_table("notifications", table.table_provider().await.unwrap())
+        .unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    batches
+        .iter()
+        .flat_map(|b| {
+            let column = b.column(0);
+            let column = deltalake::arrow::compute::cast(
+                column,
+                &deltalake::arrow::datatypes::DataType::Int64,
+            )
+            .unwrap();
+            let ints = column
+                .as_any()
+                .downcast_ref::<deltalake::arrow::array::Int64Array>()
+                .unwrap()
+                .clone();
+            ints.values().to_vec()
+        })
+        .collect()
+}
+
+async fn count(setup: &Setup) -> (i64, i64) {
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let total = query(&replica, "SELECT count(*) FROM notifications").await[0];
+    let distinct = query(
+        &replica,
+        "SELECT count(*) FROM (SELECT DISTINCT platform, id FROM notifications)",
+    )
+    .await[0];
+    (total, distinct)
+}
+
+#[tokio::test]
+async fn replication_is_exactly_once_across_restarts_replays_and_stale_committers() {
+    let setup = setup().await;
+    for sequence in 1..=3 {
+        write(&setup.master, "prod-a", sequence, 100).await;
+    }
+    for sequence in 1..=2 {
+        write(&setup.master, "prod-b", sequence, 50).await;
+    }
+    let mut first = replicator(&setup).await;
+    let report = first.replicate_ready().await.unwrap();
+    assert_eq!((report.segments, report.rows), (5, 400));
+    assert_eq!(count(&setup).await, (400, 400));
+
+    // A restarted consumer finds everything recorded in the Delta log: nothing to do.
+    let mut second = replicator(&setup).await;
+    assert_eq!(second.replicate_ready().await.unwrap().rows, 0);
+    assert_eq!(second.progress().replicated("prod-a"), 3);
+    assert_eq!(second.progress().replicated("prod-b"), 2);
+
+    // A replayed announcement of a replicated segment is ignored.
+    second
+        .learn(SegmentNotice {
+            producer: "prod-a".into(),
+            sequence: 2,
+            path: MasterStore::segment_path("prod-a", 2).unwrap().to_string(),
+            rows: Some(100),
+            bytes: 1,
+        })
+        .await;
+    assert_eq!(second.replicate_ready().await.unwrap().rows, 0);
+
+    // A gap holds a producer back until it is filled; segments then go in order.
+    write(&setup.master, "prod-a", 5, 10).await;
+    second.list_master().await.unwrap();
+    assert_eq!(second.replicate_ready().await.unwrap().rows, 0);
+    write(&setup.master, "prod-a", 4, 20).await;
+    second.list_master().await.unwrap();
+    assert_eq!(second.replicate_ready().await.unwrap().rows, 30);
+    assert_eq!(second.progress().replicated("prod-a"), 5);
+
+    // The first consumer, still running on what it knew, is stale: it must not write
+    // segments 4 and 5 again. It re-reads the recorded versions before it commits.
+    first.list_master().await.unwrap();
+    assert_eq!(first.replicate_ready().await.unwrap().rows, 0);
+    assert_eq!(count(&setup).await, (430, 430));
+
+    // Order inside the table follows the producer's sequence.
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let sequences = query(
+        &replica,
+        "SELECT DISTINCT batch_sequence FROM notifications WHERE producer_id = 'prod-a' ORDER BY 1",
+    )
+    .await;
+    assert_eq!(sequences, vec![1, 2, 3, 4, 5]);
+}
+
+#[tokio::test]
+async fn parquet_written_but_not_committed_is_never_read() {
+    let setup = setup().await;
+    write(&setup.master, "prod-a", 1, 100).await;
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+
+    // A consumer that crashed after writing Parquet but before committing leaves files that
+    // no Delta version names.
+    let segment = setup
+        .master
+        .read_segment(MasterStore::segment_path("prod-a", 1).unwrap().as_ref())
+        .await
+        .unwrap();
+    let batch = schema::to_record_batch(&[segment]).unwrap();
+    let mut writer = deltalake::writer::RecordBatchWriter::for_table(replica.table()).unwrap();
+    deltalake::writer::DeltaWriter::write(&mut writer, batch)
+        .await
+        .unwrap();
+    let orphans = deltalake::writer::DeltaWriter::flush(&mut writer)
+        .await
+        .unwrap();
+    assert!(!orphans.is_empty(), "Parquet files were written");
+
+    let mut restarted = replicator(&setup).await;
+    assert_eq!(restarted.replicate_ready().await.unwrap().rows, 100);
+    assert_eq!(count(&setup).await, (100, 100));
+}
+
+#[tokio::test]
+async fn compaction_merges_closed_partitions_and_keeps_every_row() {
+    let setup = setup().await;
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let mut replicator =
+        Replicator::new(setup.master.clone(), replica, ReplicatorConfig::for_tests());
+    // Six small commits, each touching two closed days.
+    for sequence in 1..=6u64 {
+        let mut rows: Vec<Notification> = records("prod-a", sequence, 20, 0).to_vec();
+        rows.extend(records("prod-a", sequence + 100, 20, 1).iter().cloned());
+        setup
+            .master
+            .write_segment("prod-a", sequence, Arc::from(rows))
+            .await
+            .unwrap();
+        replicator.list_master().await.unwrap();
+        replicator.replicate_ready().await.unwrap();
+    }
+    assert_eq!(count(&setup).await, (240, 240));
+
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let config = MaintenanceConfig {
+        interval: None,
+        retention: std::time::Duration::ZERO,
+        target_file_bytes: 128 << 20,
+    };
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let (_, report) = maintain(replica.table().clone(), &config, today)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.files_removed, report.files_added),
+        (12, 2),
+        "{report:?}"
+    );
+    assert!(
+        report.files_deleted >= 12,
+        "vacuum removed the compacted files: {report:?}"
+    );
+    assert_eq!(count(&setup).await, (240, 240));
+}
