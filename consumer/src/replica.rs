@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use arrow::array::RecordBatch;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
+use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::protocol::SaveMode;
@@ -128,6 +129,9 @@ impl Replica {
             .clone()
             .write(batches)
             .with_save_mode(SaveMode::Append)
+            // A column that a newer Sluice adds to the contract is added to an older table
+            // (its old rows read as null) instead of failing the write.
+            .with_schema_mode(SchemaMode::Merge)
             .with_partition_columns([PARTITION_COLUMN])
             .with_writer_properties(writer)
             .with_commit_properties(

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use deltalake::datafusion::prelude::SessionContext;
 use sluice_consumer::maintenance::{MaintenanceConfig, maintain};
 use sluice_consumer::replica::Replica;
+use sluice_consumer::replica::table_location;
 use sluice_consumer::replicator::{Replicator, ReplicatorConfig, SegmentNotice};
 use sluice_consumer::{open_replica, schema};
 use sluice_core::Notification;
@@ -232,4 +233,34 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         "vacuum removed the compacted files: {report:?}"
     );
     assert_eq!(count(&setup).await, (240, 240));
+}
+
+#[tokio::test]
+async fn a_table_of_an_older_schema_gains_the_new_columns() {
+    let setup = setup().await;
+    // A replica made by a Sluice whose contract had no `lang` yet.
+    let (url, options) = table_location(&setup.storage.url, "replica").unwrap();
+    let older: Vec<_> = schema::delta_columns()
+        .into_iter()
+        .filter(|field| field.name() != "lang")
+        .collect();
+    deltalake::DeltaTable::try_from_url_with_storage_options(url, options)
+        .await
+        .unwrap()
+        .create()
+        .with_columns(older)
+        .with_partition_columns([schema::PARTITION_COLUMN])
+        .await
+        .unwrap();
+
+    write(&setup.master, "prod-a", 1, 10).await;
+    let mut replicator = replicator(&setup).await;
+    assert_eq!(replicator.replicate_ready().await.unwrap().rows, 10);
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let english = query(
+        &replica,
+        "SELECT count(*) FROM notifications WHERE lang = 'en'",
+    )
+    .await;
+    assert_eq!(english, vec![10]);
 }

@@ -93,6 +93,7 @@ impl Batcher {
                 let _ = self.durable.send(DurableBatch {
                     sequence,
                     records: batch,
+                    durable_at: std::time::Instant::now(),
                 });
             } else {
                 report.lost += rows;

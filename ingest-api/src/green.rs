@@ -7,8 +7,11 @@
 //! wait, which bounds the extra freshness delay to one poll.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
 
 use sluice_core::Notification;
 use sluice_proto::v1::ProgressRequest;
@@ -23,12 +26,54 @@ use crate::memory::SharedMemory;
 pub struct DurableBatch {
     pub sequence: u64,
     pub records: Vec<Arc<Notification>>,
+    /// When the publisher confirmed it (blue).
+    pub durable_at: Instant,
+}
+
+/// Freshness: how long notifications take from blue (durable) to green (in the replica), as
+/// this node observes it, weighted by rows.
+pub struct Freshness {
+    millis: Mutex<Histogram<u64>>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FreshnessSummary {
+    pub notifications: u64,
+    pub p50_ms: u64,
+    pub p99_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Freshness {
+            millis: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+        }
+    }
+}
+
+impl Freshness {
+    fn record(&self, elapsed: Duration, rows: usize) {
+        let mut millis = self.millis.lock().expect("freshness lock poisoned");
+        millis.saturating_record_n(elapsed.as_millis() as u64, rows as u64);
+    }
+
+    pub fn summary(&self) -> FreshnessSummary {
+        let millis = self.millis.lock().expect("freshness lock poisoned");
+        FreshnessSummary {
+            notifications: millis.len(),
+            p50_ms: millis.value_at_quantile(0.5),
+            p99_ms: millis.value_at_quantile(0.99),
+            max_ms: millis.max(),
+        }
+    }
 }
 
 pub struct GreenTracker {
     pub durable: mpsc::UnboundedReceiver<DurableBatch>,
     pub consumer: ConsumerClient<Channel>,
     pub memory: Arc<SharedMemory>,
+    pub freshness: Arc<Freshness>,
     pub producer_id: String,
     pub poll: Duration,
     /// How long an entry stays green before it is evicted (turns red).
@@ -74,6 +119,8 @@ impl GreenTracker {
         while waiting.front().is_some_and(|b| b.sequence <= replicated) {
             let batch = waiting.pop_front().expect("front exists");
             self.memory.mark_replicated(&batch.records);
+            self.freshness
+                .record(batch.durable_at.elapsed(), batch.records.len());
         }
     }
 }

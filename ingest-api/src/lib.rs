@@ -36,7 +36,7 @@ use tonic::transport::Channel;
 use tower_http::trace::TraceLayer;
 
 use crate::batcher::{BatchLimits, Batcher, BatcherReport};
-use crate::green::GreenTracker;
+use crate::green::{Freshness, GreenTracker};
 use crate::memory::SharedMemory;
 
 /// The ingest API's own settings. The publisher's address and the storage are shared flags of
@@ -106,6 +106,7 @@ impl Config {
 pub struct AppState {
     pub config: Arc<Config>,
     pub memory: Arc<SharedMemory>,
+    pub freshness: Arc<Freshness>,
     pub staged: mpsc::UnboundedSender<Arc<Notification>>,
     pub publisher: PublisherClient<Channel>,
     pub producer_id: Arc<str>,
@@ -164,10 +165,12 @@ pub fn build(
     let memory = Arc::new(SharedMemory::new(config.memory_bytes));
     let (staged, staged_rx) = mpsc::unbounded_channel();
     let (durable, durable_rx) = mpsc::unbounded_channel();
+    let freshness = Arc::new(Freshness::default());
     let green = GreenTracker {
         durable: durable_rx,
         consumer,
         memory: memory.clone(),
+        freshness: freshness.clone(),
         producer_id: producer_id.clone(),
         poll: Duration::from_millis(config.green_poll_ms.max(1)),
         ttl: Duration::from_secs(config.green_ttl_secs),
@@ -188,6 +191,7 @@ pub fn build(
     let state = AppState {
         config: Arc::new(config),
         memory,
+        freshness,
         staged,
         publisher,
         producer_id: producer_id.into(),

@@ -231,11 +231,12 @@ pub(crate) async fn readyz(
     })))
 }
 
-/// `GET /v1/stats`: what shared memory holds.
+/// `GET /v1/stats`: what shared memory holds, and how fresh the replica is.
 pub(crate) async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({
         "producer_id": &*state.producer_id,
         "memory": state.memory.stats(),
+        "freshness": state.freshness.summary(),
     }))
 }
 

@@ -169,6 +169,7 @@ async fn the_replica_holds_every_notification_exactly_once_through_consumer_cras
         let green = stats["memory"]["green"].as_u64().unwrap()
             + stats["memory"]["evicted"].as_u64().unwrap();
         if green == TOTAL as u64 {
+            assert_eq!(stats["freshness"]["notifications"], TOTAL, "{stats}");
             break;
         }
         assert!(

@@ -86,6 +86,11 @@ impl S3Server {
         )
     }
 
+    /// The directory behind a bucket: `s3s-fs` keeps each bucket as a directory under its root.
+    pub(crate) fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.dir.path().join(bucket)
+    }
+
     /// Creates a bucket: `s3s-fs` keeps each bucket as a directory under its root.
     pub(crate) fn create_bucket(&self, bucket: &str) {
         std::fs::create_dir(self.dir.path().join(bucket)).unwrap();
