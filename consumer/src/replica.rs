@@ -21,6 +21,9 @@ use url::Url;
 
 use crate::schema::{PARTITION_COLUMN, delta_columns};
 
+/// zstd level of the replica's Parquet files: written once, read many times.
+const REPLICA_ZSTD_LEVEL: i32 = 9;
+
 /// Where the replica lives inside the store, unless told otherwise.
 pub const DEFAULT_REPLICA_PATH: &str = "replica";
 
@@ -122,7 +125,7 @@ impl Replica {
             })
             .collect();
         let writer = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+            .set_compression(Compression::ZSTD(ZstdLevel::try_new(REPLICA_ZSTD_LEVEL)?))
             .build();
         let table = self
             .table

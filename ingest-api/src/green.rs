@@ -30,15 +30,23 @@ pub struct DurableBatch {
     pub durable_at: Instant,
 }
 
-/// Freshness: how long notifications take from blue (durable) to green (in the replica), as
-/// this node observes it, weighted by rows.
+/// Freshness as this node observes it, per notification: from the durable ack to green (what
+/// a client that waited for `ack=durable` sees), and from arrival to green (the whole path,
+/// which also bounds the first from above when acks are delayed).
 pub struct Freshness {
-    millis: Mutex<Histogram<u64>>,
+    durable_to_green: Mutex<Histogram<u64>>,
+    received_to_green: Mutex<Histogram<u64>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FreshnessSummary {
     pub notifications: u64,
+    pub durable_to_green: Percentiles,
+    pub received_to_green: Percentiles,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
     pub p50_ms: u64,
     pub p99_ms: u64,
     pub max_ms: u64,
@@ -46,27 +54,48 @@ pub struct FreshnessSummary {
 
 impl Default for Freshness {
     fn default() -> Self {
+        // Fixed bounds (1 ms to 1 hour): a saturating record clamps to the highest trackable
+        // value, which an auto-resizing histogram would set at its first, small, value.
+        let histogram = || {
+            Mutex::new(Histogram::new_with_bounds(1, 3_600_000, 3).expect("valid histogram bounds"))
+        };
         Freshness {
-            millis: Mutex::new(Histogram::new(3).expect("3 significant digits is valid")),
+            durable_to_green: histogram(),
+            received_to_green: histogram(),
         }
     }
 }
 
 impl Freshness {
-    fn record(&self, elapsed: Duration, rows: usize) {
-        let mut millis = self.millis.lock().expect("freshness lock poisoned");
-        millis.saturating_record_n(elapsed.as_millis() as u64, rows as u64);
+    pub fn record(&self, batch: &DurableBatch) {
+        let rows = batch.records.len() as u64;
+        let durable_ms = batch.durable_at.elapsed().as_millis() as u64;
+        lock(&self.durable_to_green).saturating_record_n(durable_ms, rows);
+        let now = sluice_core::notification::now_micros();
+        let mut received = lock(&self.received_to_green);
+        for record in &batch.records {
+            let ms = (now - record.received_at).max(0) as u64 / 1000;
+            received.saturating_record(ms);
+        }
     }
 
     pub fn summary(&self) -> FreshnessSummary {
-        let millis = self.millis.lock().expect("freshness lock poisoned");
+        let percentiles = |histogram: &Histogram<u64>| Percentiles {
+            p50_ms: histogram.value_at_quantile(0.5),
+            p99_ms: histogram.value_at_quantile(0.99),
+            max_ms: histogram.max(),
+        };
+        let durable = lock(&self.durable_to_green);
         FreshnessSummary {
-            notifications: millis.len(),
-            p50_ms: millis.value_at_quantile(0.5),
-            p99_ms: millis.value_at_quantile(0.99),
-            max_ms: millis.max(),
+            notifications: durable.len(),
+            durable_to_green: percentiles(&durable),
+            received_to_green: percentiles(&lock(&self.received_to_green)),
         }
     }
+}
+
+fn lock(histogram: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+    histogram.lock().expect("freshness lock poisoned")
 }
 
 pub struct GreenTracker {
@@ -119,8 +148,38 @@ impl GreenTracker {
         while waiting.front().is_some_and(|b| b.sequence <= replicated) {
             let batch = waiting.pop_front().expect("front exists");
             self.memory.mark_replicated(&batch.records);
-            self.freshness
-                .record(batch.durable_at.elapsed(), batch.records.len());
+            self.freshness.record(&batch);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freshness_percentiles_cover_seconds() {
+        let freshness = Freshness::default();
+        for (ms, rows) in [(3, 10usize), (1_500, 80), (4_000, 10)] {
+            let received = sluice_core::notification::now_micros() - ms * 1000;
+            let record = Arc::new(
+                Notification::from_json(
+                    r#"{"platform":"p","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                    received,
+                )
+                .unwrap(),
+            );
+            freshness.record(&DurableBatch {
+                sequence: 1,
+                records: vec![record; rows],
+                durable_at: Instant::now() - Duration::from_millis(ms as u64),
+            });
+        }
+        let summary = freshness.summary();
+        assert_eq!(summary.notifications, 100);
+        for p in [summary.durable_to_green, summary.received_to_green] {
+            assert!((1_490..=1_510).contains(&p.p50_ms), "{p:?}");
+            assert!((3_990..=4_010).contains(&p.p99_ms), "{p:?}");
         }
     }
 }

@@ -16,7 +16,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use sluice_consumer::replica::Replica;
 
-use crate::support::{S3Server, Sluice, free_addr, notification, post_all, python, wait_for_port};
+use crate::support::{
+    S3Server, Sluice, free_addr, notification, post_all, python, replicated_count, wait_for_port,
+};
 
 const TOTAL: usize = 200_000;
 
@@ -155,19 +157,9 @@ async fn the_replica_holds_every_notification_exactly_once_through_consumer_cras
     );
 
     // Every notification turns green once the restarted consumer has caught up.
-    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let stats: Value = client
-            .get(format!("http://{ingest_addr}/v1/stats"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let green = stats["memory"]["green"].as_u64().unwrap()
-            + stats["memory"]["evicted"].as_u64().unwrap();
+        let (green, stats) = replicated_count(ingest_addr).await;
         if green == TOTAL as u64 {
             assert_eq!(stats["freshness"]["notifications"], TOTAL, "{stats}");
             break;

@@ -87,6 +87,10 @@ impl S3Server {
     }
 
     /// The directory behind a bucket: `s3s-fs` keeps each bucket as a directory under its root.
+    #[allow(
+        dead_code,
+        reason = "the replication benchmark measures the store with it"
+    )]
     pub(crate) fn bucket_dir(&self, bucket: &str) -> PathBuf {
         self.dir.path().join(bucket)
     }
@@ -198,6 +202,22 @@ pub(crate) async fn wait_for_port(addr: SocketAddr, what: &Sluice) {
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// GETs `url` and parses the answer as JSON.
+pub(crate) async fn get_json(url: &str) -> Value {
+    reqwest::get(url).await.unwrap().json().await.unwrap()
+}
+
+/// How many notifications an ingest API holds as green or has evicted (red): all of them are
+/// in the replica.
+pub(crate) async fn replicated_count(ingest: SocketAddr) -> (u64, Value) {
+    let stats = get_json(&format!("http://{ingest}/v1/stats")).await;
+    let memory = &stats["memory"];
+    (
+        memory["green"].as_u64().unwrap() + memory["evicted"].as_u64().unwrap(),
+        stats,
+    )
 }
 
 pub(crate) fn notification(i: usize) -> Value {

@@ -11,7 +11,8 @@ use serde_json::Value;
 use sluice_core::master::MasterStore;
 
 use crate::support::{
-    BUCKET, S3Server, Sluice, count_master, free_addr, notification, post_all, wait_for_port,
+    BUCKET, S3Server, Sluice, count_master, free_addr, get_json, notification, post_all,
+    wait_for_port,
 };
 
 const TOTAL: usize = 100_000;
@@ -87,12 +88,7 @@ impl Pipeline {
     }
 
     async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("http://{}{path}", self.ingest_addr))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        get_json(&format!("http://{}{path}", self.ingest_addr)).await
     }
 }
 
@@ -126,14 +122,7 @@ async fn sluice_all_on_the_embedded_default_answers_blue_then_green() {
         .await
         .unwrap();
     assert_eq!(answer["accepted"], 1, "{answer}");
-    let state: Value = client
-        .get(format!("http://{ingest}/v1/notifications/bsky/n1"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&format!("http://{ingest}/v1/notifications/bsky/n1")).await;
     assert_eq!(state["color"], "blue", "{state}");
 
     // ack=replicated answers once the notification is in the replica: green.
@@ -144,14 +133,7 @@ async fn sluice_all_on_the_embedded_default_answers_blue_then_green() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    let state: Value = client
-        .get(format!("http://{ingest}/v1/notifications/threads/n2"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = get_json(&format!("http://{ingest}/v1/notifications/threads/n2")).await;
     assert_eq!(state["color"], "green", "{state}");
 
     assert_eq!(sluice.terminate(), 0, "{}", sluice.log_text());
