@@ -26,7 +26,7 @@ use axum::body::Bytes;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use support::{S3Server, Sluice, free_addr, python, wait_for_port};
+use support::{S3Server, Sluice, free_addr, wait_for_port};
 
 const RATE_REQUESTS_PER_SEC: u64 = 50;
 const PER_REQUEST: usize = 1_000;
@@ -189,22 +189,13 @@ table = pj.read_json(sys.argv[1])
 write_deltalake(sys.argv[2], table, writer_properties=WriterProperties(compression="ZSTD"))
 print(time.time() - t)
 "#;
-    let output = std::process::Command::new(python())
-        .args(["-c", script])
-        .arg(&ndjson)
-        .arg(dir.path().join("python-delta"))
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let python_secs: f64 = String::from_utf8(output.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let stdout = support::run_python([
+        std::ffi::OsStr::new("-c"),
+        script.as_ref(),
+        ndjson.as_os_str(),
+        dir.path().join("python-delta").as_os_str(),
+    ]);
+    let python_secs: f64 = String::from_utf8(stdout).unwrap().trim().parse().unwrap();
     // Bytes of the files each table's latest version references (what a reader reads; files
     // that compaction replaced and vacuum has not yet deleted do not count).
     let live = r#"
@@ -233,16 +224,8 @@ print(json.dumps(sizes))
             {}
         ],
     ]);
-    let output = std::process::Command::new(python())
-        .args(["-c", live, &tables.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let sizes: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = support::run_python(["-c", live, &tables.to_string()]);
+    let sizes: Value = serde_json::from_slice(&stdout).unwrap();
     let share = |name: &str| {
         let bytes = sizes[name].as_u64().unwrap();
         format!(

@@ -17,7 +17,8 @@ use serde_json::Value;
 use sluice_consumer::replica::Replica;
 
 use crate::support::{
-    S3Server, Sluice, free_addr, notification, post_all, python, replicated_count, wait_for_port,
+    S3Server, Sluice, free_addr, notification, post_all, replicated_count, run_python,
+    wait_for_port,
 };
 
 const TOTAL: usize = 200_000;
@@ -178,21 +179,12 @@ async fn the_replica_holds_every_notification_exactly_once_through_consumer_cras
 
     // A reader that is not Sluice: delta-rs's Python package, straight from the bucket.
     let (url, options) = s3.table("replica");
-    let output = std::process::Command::new(python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/read_replica.py"
-        ))
-        .arg(url.as_str())
-        .arg(serde_json::to_string(&options).unwrap())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let python_counts: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let stdout = run_python([
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/read_replica.py"),
+        url.as_str(),
+        &serde_json::to_string(&options).unwrap(),
+    ]);
+    let python_counts: Value = serde_json::from_slice(&stdout).unwrap();
     assert_eq!(python_counts, expected, "Python deltalake");
 
     // Replay rebuilds the replica from the master store alone, with identical content.

@@ -394,3 +394,19 @@ pub(crate) fn python() -> PathBuf {
         })
         .clone()
 }
+
+/// Runs the tests' Python with `args` and returns what it printed; panics with its stderr when
+/// it fails.
+pub(crate) fn run_python<I, S>(args: I) -> Vec<u8>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let output = Command::new(python()).args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output.stdout
+}
