@@ -117,7 +117,11 @@ impl MasterStore {
     /// Reads and verifies one segment.
     pub async fn read_segment(&self, path: &str) -> Result<Segment> {
         let bytes = self.read_raw(&Path::from(path)).await?;
-        segment::decode(path, &bytes)
+        // Decoding and verifying a large segment takes milliseconds of CPU, like encoding.
+        let path = path.to_string();
+        tokio::task::spawn_blocking(move || segment::decode(&path, &bytes))
+            .await
+            .map_err(|e| Error::Avro(format!("segment decoder task failed: {e}")))?
     }
 
     /// Every segment in the store, ordered by producer and then sequence. Objects under
