@@ -21,7 +21,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use sluice_core::master::{MasterStore, check_producer_id};
 use sluice_core::storage::Storage;
 use sluice_proto::v1::consumer_server::{Consumer, ConsumerServer};
@@ -30,8 +29,8 @@ use sluice_proto::v1::{
 };
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::maintenance::MaintenanceConfig;
@@ -189,11 +188,7 @@ async fn serve_grpc(
     service: ConsumerService,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        stream.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(ConsumerServer::new(service))
         .serve_with_incoming_shutdown(incoming, shutdown)

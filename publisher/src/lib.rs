@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use sluice_core::master::{MasterStore, SegmentWrite, check_producer_id};
 use sluice_core::storage::Storage;
 use sluice_core::{Error, Notification};
@@ -21,8 +20,8 @@ use sluice_proto::v1::{
     AppendRequest, AppendResponse, SegmentStoredRequest, StatusRequest, StatusResponse,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
+use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 pub struct PublisherService {
@@ -183,12 +182,8 @@ pub async fn serve(
 ) -> Result<(), tonic::transport::Error> {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     tracing::info!(?addr, "publisher listening");
-    let incoming = TcpListenerStream::new(listener).map(|stream| {
-        // Small acks must not wait for Nagle's algorithm.
-        stream.inspect(|s| {
-            let _ = s.set_nodelay(true);
-        })
-    });
+    // Small acks must not wait for Nagle's algorithm.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(
             PublisherServer::new(service)
