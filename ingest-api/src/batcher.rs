@@ -142,7 +142,9 @@ impl Batcher {
     /// Appends one batch, retrying until it is stored (true) or `abandon` fires (false).
     async fn publish(&mut self, batch: &[Arc<Notification>], abandon: &CancellationToken) -> bool {
         let sequence = self.next_sequence;
-        let message = v1::AppendRequest {
+        // Built from the batch on each attempt: a retry re-converts, the usual single attempt
+        // converts once and copies nothing more.
+        let message = || v1::AppendRequest {
             producer_id: self.producer_id.clone(),
             sequence,
             notifications: batch.iter().map(|n| v1::Notification::from(&**n)).collect(),
@@ -151,7 +153,7 @@ impl Batcher {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let mut request = tonic::Request::new(message.clone());
+            let mut request = tonic::Request::new(message());
             request.set_timeout(APPEND_TIMEOUT);
             let answer = tokio::select! {
                 answer = self.publisher.append(request) => answer,
