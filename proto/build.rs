@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/sluice/v1/publisher.proto",
         "proto/sluice/v1/consumer.proto",
+        "proto/sluice/v1/query.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");

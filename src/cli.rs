@@ -24,9 +24,15 @@ pub enum Command {
         #[command(flatten)]
         consumer_addr: ConsumerAddr,
         #[command(flatten)]
+        query_handler_addr: QueryHandlerAddr,
+        #[command(flatten)]
         ingest: IngestArgs,
         #[command(flatten)]
         consumer: sluice_consumer::Config,
+        #[command(flatten)]
+        query_handler: sluice_query_handler::Config,
+        #[command(flatten)]
+        query_api: QueryApiArgs,
     },
     /// The REST ingest API with its shared memory and batcher.
     #[command(name = "ingest-api")]
@@ -36,7 +42,31 @@ pub enum Command {
         #[command(flatten)]
         consumer_addr: ConsumerAddr,
         #[command(flatten)]
+        query_handler_addr: QueryHandlerAddr,
+        #[command(flatten)]
         ingest: IngestArgs,
+    },
+    /// The gRPC query handler: read-only SQL over the replica with DataFusion, and the result
+    /// cache.
+    #[command(name = "query-handler")]
+    QueryHandler {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        query_handler_addr: QueryHandlerAddr,
+        /// Where the replica table lives inside the storage.
+        #[arg(long, env = "SLUICE_REPLICA_PATH", default_value = sluice_consumer::replica::DEFAULT_REPLICA_PATH)]
+        replica_path: String,
+        #[command(flatten)]
+        query_handler: sluice_query_handler::Config,
+    },
+    /// The REST query API: SQL, query states, posts' state and audit trail.
+    #[command(name = "query-api")]
+    QueryApi {
+        #[command(flatten)]
+        query_handler_addr: QueryHandlerAddr,
+        #[command(flatten)]
+        query_api: QueryApiArgs,
     },
     /// The gRPC publisher that writes batches to the master store.
     Publisher {
@@ -90,6 +120,27 @@ pub struct ConsumerAddr {
     /// segments and where ingest APIs ask which batches are in the replica.
     #[arg(long, env = "SLUICE_CONSUMER_ADDR", default_value = "127.0.0.1:50052")]
     pub consumer_addr: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueryHandlerAddr {
+    /// The query handler's gRPC address: where `query-handler` listens, where query APIs send
+    /// SQL and where ingest APIs look up notifications no longer in memory.
+    #[arg(
+        long,
+        env = "SLUICE_QUERY_HANDLER_ADDR",
+        default_value = "127.0.0.1:50053"
+    )]
+    pub query_handler_addr: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct QueryApiArgs {
+    /// Where the REST query API listens.
+    #[arg(long, env = "SLUICE_QUERY_ADDR", default_value = "127.0.0.1:8081")]
+    pub query_addr: String,
+    #[command(flatten)]
+    pub config: sluice_query_api::Config,
 }
 
 #[derive(Debug, Clone, Args)]

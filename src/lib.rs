@@ -4,9 +4,12 @@
 //! in shared memory (gray) and group-commits batches over gRPC to a publisher
 //! (`sluice-publisher`), which writes them as Avro segments to the master store on S3 or a
 //! directory (blue) and tells the consumer (`sluice-consumer`), which replicates them exactly
-//! once into a Delta Lake table of Parquet files (green). This crate is the `sluice` binary that
-//! runs those services, one per process or all in one (`sluice all`); in both cases they talk
-//! gRPC.
+//! once into a Delta Lake table of Parquet files (green). Analysts send SQL to the query API
+//! (`sluice-query-api`), which hands it to a query handler (`sluice-query-handler`) that runs
+//! it with DataFusion over the replica and caches the answers (orange); post state and audit
+//! trails join the ingest nodes' shared memory with the replica. This crate is the `sluice`
+//! binary that runs those services, one per process or all in one (`sluice all`); in both
+//! cases they talk gRPC.
 //!
 //! Shutdown runs in order: the ingest API stops accepting and finishes in-flight requests,
 //! the batcher stores every gray notification, then the publisher stops, and the consumer
@@ -23,7 +26,9 @@ use sluice_publisher::PublisherService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, IngestArgs};
+use sluice_ingest_api::Peers;
+
+use crate::cli::{Cli, Command};
 
 /// Logs go to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
 pub fn init_tracing() {
@@ -54,15 +59,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::IngestApi {
             publisher,
             consumer_addr,
+            query_handler_addr,
             ingest,
         } => {
-            run_ingest(
-                ingest,
-                &publisher.publisher_addr,
-                &consumer_addr.consumer_addr,
+            let listener = bind(&ingest.ingest_addr, "ingest API").await?;
+            let peers = Peers {
+                publisher: publisher.publisher_addr,
+                consumer: consumer_addr.consumer_addr,
+                query_handler: query_handler_addr.query_handler_addr,
+            };
+            run_ingest(listener, ingest.config, &peers, shutdown).await
+        }
+        Command::QueryHandler {
+            storage,
+            query_handler_addr,
+            replica_path,
+            query_handler,
+        } => {
+            let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
+            let storage = open_storage(&storage.storage).await?;
+            sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)
+                .await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::QueryApi {
+            query_handler_addr,
+            query_api,
+        } => {
+            let listener = bind(&query_api.query_addr, "query API").await?;
+            sluice_query_api::serve(
+                listener,
+                query_api.config,
+                &query_handler_addr.query_handler_addr,
                 shutdown,
             )
-            .await
+            .await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Consumer {
             storage,
@@ -97,8 +129,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             publisher,
             consumer_addr,
+            query_handler_addr,
             ingest,
             consumer,
+            query_handler,
+            mut query_api,
         } => {
             // Start-up runs downstream first, shutdown upstream first: the ingest API stops
             // accepting and stores its gray notifications while the publisher still runs, and
@@ -106,6 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let consumer_listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
             let consumer_addr = consumer_listener.local_addr()?.to_string();
             let opened = open_storage(&storage.storage).await?;
+            let replica_path = consumer.replica_path.clone();
             let consumer_stop = CancellationToken::new();
             let consumer_task = tokio::spawn(sluice_consumer::serve(
                 consumer_listener,
@@ -124,7 +160,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 publisher_stop.clone().cancelled_owned(),
             ));
 
-            let code = run_ingest(ingest, &publisher_addr, &consumer_addr, shutdown).await;
+            // The read side stops with the signal: it holds nothing that needs draining.
+            let handler_listener =
+                bind(&query_handler_addr.query_handler_addr, "query handler").await?;
+            let handler_addr = handler_listener.local_addr()?.to_string();
+            let opened = open_storage(&storage.storage).await?;
+            let handler_task = tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    sluice_query_handler::serve(
+                        handler_listener,
+                        &opened,
+                        &replica_path,
+                        query_handler,
+                        shutdown,
+                    )
+                    .await
+                }
+            });
+
+            let ingest_listener = bind(&ingest.ingest_addr, "ingest API").await?;
+            // The query API reads this process's shared memory for fresh post events.
+            query_api.config.ingest_urls =
+                vec![format!("http://{}", ingest_listener.local_addr()?)];
+            let query_listener = bind(&query_api.query_addr, "query API").await?;
+            let query_api_task = tokio::spawn({
+                let (handler_addr, shutdown) = (handler_addr.clone(), shutdown.clone());
+                async move {
+                    sluice_query_api::serve(
+                        query_listener,
+                        query_api.config,
+                        &handler_addr,
+                        shutdown,
+                    )
+                    .await
+                }
+            });
+
+            let peers = Peers {
+                publisher: publisher_addr,
+                consumer: consumer_addr,
+                query_handler: handler_addr,
+            };
+            let code = run_ingest(ingest_listener, ingest.config, &peers, shutdown).await;
+            query_api_task.await??;
+            handler_task.await??;
             publisher_stop.cancel();
             publisher_task.await??;
             consumer_stop.cancel();
@@ -135,20 +215,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 async fn run_ingest(
-    ingest: IngestArgs,
-    publisher_addr: &str,
-    consumer_addr: &str,
+    listener: TcpListener,
+    config: sluice_ingest_api::Config,
+    peers: &Peers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let listener = bind(&ingest.ingest_addr, "ingest API").await?;
-    let report = sluice_ingest_api::serve(
-        listener,
-        ingest.config,
-        publisher_addr,
-        consumer_addr,
-        shutdown,
-    )
-    .await?;
+    let report = sluice_ingest_api::serve(listener, config, peers, shutdown).await?;
     Ok(if report.lost == 0 {
         ExitCode::SUCCESS
     } else {

@@ -29,6 +29,7 @@ use axum::routing::{get, post};
 use sluice_core::Notification;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_client::PublisherClient;
+use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,8 @@ pub struct AppState {
     pub freshness: Arc<Freshness>,
     pub staged: mpsc::UnboundedSender<Arc<Notification>>,
     pub publisher: PublisherClient<Channel>,
+    /// Where a notification that is no longer in memory (red) is looked up.
+    pub query_handler: QueryHandlerClient<Channel>,
     pub producer_id: Arc<str>,
 }
 
@@ -119,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/notifications/{platform}/{id}",
             get(routes::get_notification),
+        )
+        .route(
+            "/v1/memory/posts/{platform}/{post_id}",
+            get(routes::get_memory_post),
         )
         .route("/v1/stats", get(routes::stats))
         .route("/healthz", get(routes::healthz))
@@ -153,12 +160,17 @@ pub struct Workers {
     pub green: GreenTracker,
 }
 
+/// The gRPC addresses of the services the ingest API talks to.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    pub publisher: String,
+    pub consumer: String,
+    pub query_handler: String,
+}
+
 /// Builds the handlers' state and the workers that serve it.
-pub fn build(
-    config: Config,
-    publisher_addr: &str,
-    consumer_addr: &str,
-) -> anyhow::Result<(AppState, Workers)> {
+pub fn build(config: Config, peers: &Peers) -> anyhow::Result<(AppState, Workers)> {
+    let (publisher_addr, consumer_addr) = (peers.publisher.as_str(), peers.consumer.as_str());
     let producer_id = new_producer_id(&config.node_id)?;
     let publisher = publisher_client(publisher_addr)?;
     let consumer = ConsumerClient::new(sluice_proto::lazy_channel(consumer_addr)?);
@@ -188,12 +200,15 @@ pub fn build(
         producer_id.clone(),
         limits,
     );
+    let query_handler = QueryHandlerClient::new(sluice_proto::lazy_channel(&peers.query_handler)?)
+        .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES);
     let state = AppState {
         config: Arc::new(config),
         memory,
         freshness,
         staged,
         publisher,
+        query_handler,
         producer_id: producer_id.into(),
     };
     Ok((state, Workers { batcher, green }))
@@ -205,18 +220,17 @@ pub fn build(
 pub async fn serve(
     listener: TcpListener,
     config: Config,
-    publisher_addr: &str,
-    consumer_addr: &str,
+    peers: &Peers,
     shutdown: CancellationToken,
 ) -> anyhow::Result<BatcherReport> {
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    let (state, workers) = build(config, publisher_addr, consumer_addr)?;
+    let (state, workers) = build(config, peers)?;
     let abandon = CancellationToken::new();
     let batcher = tokio::spawn(workers.batcher.run(abandon.clone()));
     // The tracker runs until the last request has been answered: ack=replicated waits on it.
     let tracker_stop = CancellationToken::new();
     let tracker = tokio::spawn(workers.green.run(tracker_stop.clone()));
-    tracing::info!(addr = ?listener.local_addr().ok(), producer_id = %state.producer_id, publisher = publisher_addr, consumer = consumer_addr, "ingest API listening");
+    tracing::info!(addr = ?listener.local_addr().ok(), producer_id = %state.producer_id, ?peers, "ingest API listening");
     // When serve returns, the router and with it the last sender of staged notifications are
     // dropped: the batcher then drains what is left and finishes.
     axum::serve(listener, router(state))

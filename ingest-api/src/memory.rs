@@ -101,6 +101,8 @@ pub struct MemoryStats {
 
 pub struct SharedMemory {
     entries: DashMap<Key, Entry>,
+    /// `(platform, post_id)` → ids of the entries about that post, for post reads.
+    by_post: DashMap<Key, Vec<String>>,
     used_bytes: AtomicUsize,
     budget: usize,
     gray: AtomicU64,
@@ -115,6 +117,7 @@ impl SharedMemory {
     pub fn new(budget: usize) -> Self {
         SharedMemory {
             entries: DashMap::new(),
+            by_post: DashMap::new(),
             used_bytes: AtomicUsize::new(0),
             budget,
             gray: AtomicU64::new(0),
@@ -185,6 +188,12 @@ impl SharedMemory {
                 }
                 MapEntry::Vacant(vacant) => {
                     let record = Arc::new(item);
+                    if let Some(post_id) = &record.post_id {
+                        self.by_post
+                            .entry((record.platform.clone(), post_id.clone()))
+                            .or_default()
+                            .push(record.id.clone());
+                    }
                     let mut waiters = Vec::new();
                     if let Some((level, waiter)) = wait {
                         waiter.add();
@@ -278,6 +287,13 @@ impl SharedMemory {
                 self.green.fetch_sub(1, Ordering::Relaxed);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 evicted += 1;
+                if let Some(post_id) = &entry.record.post_id {
+                    let post = (entry.record.platform.clone(), post_id.clone());
+                    if let Some(mut ids) = self.by_post.get_mut(&post) {
+                        ids.retain(|id| *id != entry.record.id);
+                    }
+                    self.by_post.remove_if(&post, |_, ids| ids.is_empty());
+                }
             }
         }
     }
@@ -287,6 +303,18 @@ impl SharedMemory {
         self.entries
             .get(&(platform.to_string(), id.to_string()))
             .map(|e| (e.color, e.record.clone()))
+    }
+
+    /// Every notification about post `(platform, post_id)` this node holds, with its color.
+    pub fn post(&self, platform: &str, post_id: &str) -> Vec<(Color, Arc<Notification>)> {
+        let ids = self
+            .by_post
+            .get(&(platform.to_string(), post_id.to_string()))
+            .map(|ids| ids.clone())
+            .unwrap_or_default();
+        ids.into_iter()
+            .filter_map(|id| self.get(platform, &id))
+            .collect()
     }
 
     pub fn stats(&self) -> MemoryStats {
@@ -356,10 +384,27 @@ mod tests {
     async fn replicated_waiters_wait_for_green_and_green_entries_expire() {
         let memory = SharedMemory::new(1 << 20);
         let waiter = AckWaiter::new();
+        let about_post = |id: &str| Notification {
+            post_id: Some("post-g".into()),
+            ..note(id)
+        };
         let (_, staged) = memory
-            .admit(vec![note("g")], Some((Color::Green, &waiter)))
+            .admit(vec![about_post("g")], Some((Color::Green, &waiter)))
             .unwrap();
+        memory.admit(vec![about_post("other")], None).unwrap();
         memory.mark_durable(&staged);
+        let post: Vec<(Color, String)> = memory
+            .post("p", "post-g")
+            .into_iter()
+            .map(|(color, n)| (color, n.id.clone()))
+            .collect();
+        assert_eq!(
+            post,
+            [
+                (Color::Blue, "g".to_string()),
+                (Color::Gray, "other".to_string())
+            ]
+        );
         assert!(
             tokio::time::timeout(Duration::from_millis(20), waiter.wait())
                 .await
@@ -376,8 +421,14 @@ mod tests {
         );
         assert_eq!(memory.evict(Duration::ZERO, 0), 1);
         assert!(memory.get("p", "g").is_none(), "red: gone from memory");
+        let left: Vec<String> = memory
+            .post("p", "post-g")
+            .into_iter()
+            .map(|(_, n)| n.id.clone())
+            .collect();
+        assert_eq!(left, ["other"], "and from the post index");
         let stats = memory.stats();
-        assert_eq!((stats.green, stats.evicted, stats.used_bytes), (0, 1, 0));
+        assert_eq!((stats.green, stats.evicted), (0, 1));
     }
 
     #[test]

@@ -10,8 +10,9 @@ use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_core::Color;
+use sluice_core::Notification;
 use sluice_core::notification::now_micros;
-use sluice_proto::v1::StatusRequest;
+use sluice_proto::v1::{GetNotificationRequest, StatusRequest};
 
 use crate::AppState;
 use crate::body::{self, Framing};
@@ -191,15 +192,61 @@ pub(crate) async fn get_notification(
     State(state): State<AppState>,
     Path((platform, id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let (color, record) = state.memory.get(&platform, &id).ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "notification {platform}/{id} is not in this node's shared memory"
-        ))
-    })?;
+    if let Some((color, record)) = state.memory.get(&platform, &id) {
+        return Ok(Json(json!({
+            "color": color,
+            "notification": record.to_json(),
+        })));
+    }
+    // Not in memory: evicted (red) or never sent here. The replica knows which.
+    let mut request = tonic::Request::new(GetNotificationRequest {
+        platform: platform.clone(),
+        id: id.clone(),
+    });
+    request.set_timeout(Duration::from_secs(10));
+    let lookup = state
+        .query_handler
+        .clone()
+        .get_notification(request)
+        .await
+        .map_err(|s| {
+            ApiError::Unavailable(format!(
+                "notification {platform}/{id} is not in this node's shared memory, and the replica cannot be consulted: {}",
+                s.message()
+            ))
+        })?
+        .into_inner();
+    let record = lookup
+        .notification
+        .map(Notification::try_from)
+        .transpose()
+        .map_err(|e| ApiError::Internal(format!("the replica holds an invalid notification: {e}")))?
+        .ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "notification {platform}/{id} is neither in this node's shared memory nor in the replica (version {})",
+                lookup.replica_version
+            ))
+        })?;
     Ok(Json(json!({
-        "color": color,
+        "color": Color::Red,
         "notification": record.to_json(),
+        "replica_version": lookup.replica_version,
     })))
+}
+
+/// `GET /v1/memory/posts/{platform}/{post_id}`: the notifications about a post that this
+/// node's shared memory holds, with their colors. The query API merges them with the replica.
+pub(crate) async fn get_memory_post(
+    State(state): State<AppState>,
+    Path((platform, post_id)): Path<(String, String)>,
+) -> Json<serde_json::Value> {
+    let notifications: Vec<serde_json::Value> = state
+        .memory
+        .post(&platform, &post_id)
+        .into_iter()
+        .map(|(color, record)| json!({"color": color, "notification": record.to_json()}))
+        .collect();
+    Json(json!({ "notifications": notifications }))
 }
 
 /// `GET /healthz`: the process is up.

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use sluice_core::master::MasterStore;
 use sluice_core::storage::{Storage, StorageUrl};
-use sluice_ingest_api::{AppState, Config};
+use sluice_ingest_api::{AppState, Config, Peers};
 use sluice_publisher::PublisherService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -48,8 +48,26 @@ async fn harness(config: Config) -> Harness {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     start_publisher(listener, &storage, stop.clone()).await;
-    // No consumer in these tests: nothing turns green here (the workspace tests cover it).
-    let (state, workers) = sluice_ingest_api::build(config, &addr, &closed_addr()).unwrap();
+    // No consumer in these tests: nothing turns green here (the workspace tests cover it). A
+    // query handler reads the (empty) replica, where misses of shared memory are looked up.
+    sluice_consumer::open_replica(&storage, "replica")
+        .await
+        .unwrap();
+    let handler = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let handler_addr = handler.local_addr().unwrap().to_string();
+    tokio::spawn({
+        let (storage, stop) = (storage.clone(), stop.clone());
+        async move {
+            let config = sluice_query_handler::Config::for_tests();
+            sluice_query_handler::serve(handler, &storage, "replica", config, stop).await
+        }
+    });
+    let peers = Peers {
+        publisher: addr,
+        consumer: closed_addr(),
+        query_handler: handler_addr,
+    };
+    let (state, workers) = sluice_ingest_api::build(config, &peers).unwrap();
     tokio::spawn(workers.batcher.run(stop.clone()));
     tokio::spawn(workers.green.run(stop.clone()));
     Harness {
@@ -131,9 +149,27 @@ async fn a_durable_post_is_blue_and_in_the_master_store_when_answered() {
     assert_eq!(body["notification"]["text"], "hello");
     assert_eq!(body["notification"]["occurred_at"], "2026-11-23T07:00:00Z");
 
-    let (status, body) = get(&h.router, "/v1/notifications/mastodon/nope").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["error"].as_str().unwrap().contains("mastodon/nope"));
+    // The replica is read once the query handler has loaded it; until then the miss is a 503.
+    let (status, body) = loop {
+        let (status, body) = get(&h.router, "/v1/notifications/mastodon/nope").await;
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("mastodon/nope") && error.contains("nor in the replica"),
+        "{error}"
+    );
+
+    let (status, body) = get(&h.router, "/v1/memory/posts/mastodon/p1").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["notifications"][0]["color"], "blue");
+    assert_eq!(body["notifications"][0]["notification"]["id"], "n1");
+    let (_, body) = get(&h.router, "/v1/memory/posts/mastodon/other").await;
+    assert_eq!(body["notifications"], json!([]));
 }
 
 #[tokio::test]
@@ -397,8 +433,12 @@ async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
     drop(reserved);
     let mut config = Config::for_tests();
     config.ack_timeout_secs = 1;
-    let (state, workers) =
-        sluice_ingest_api::build(config, &addr.to_string(), &closed_addr()).unwrap();
+    let peers = Peers {
+        publisher: addr.to_string(),
+        consumer: closed_addr(),
+        query_handler: closed_addr(),
+    };
+    let (state, workers) = sluice_ingest_api::build(config, &peers).unwrap();
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     tokio::spawn(workers.batcher.run(stop.clone()));
@@ -414,6 +454,18 @@ async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
     );
     let (_, body) = get(&router, "/v1/notifications/mastodon/late").await;
     assert_eq!(body["color"], "gray");
+    let (status, body) = get(&router, "/v1/notifications/mastodon/unknown").await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no query handler to ask"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("replica cannot be consulted")
+    );
     let (status, _) = get(&router, "/readyz").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 

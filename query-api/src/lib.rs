@@ -1,4 +1,107 @@
-//! The query API: `POST /v1/query` and the post state and audit-trail reads, in front of the
-//! query handlers.
+//! The query API: where analysts send SQL, and where anyone reads a post's state.
 //!
-//! Not built yet: it needs the replica first (issue 4 of the roadmap).
+//! - [`routes`]: `POST /v1/query` sends the SQL to a query handler over gRPC and renders its
+//!   Arrow answer ([`render`]) as JSON, CSV or Arrow; `GET /v1/queries/{id}` asks for a
+//!   query's state; `GET /v1/posts/{platform}/{post_id}` and `…/events` build a post's state
+//!   and audit trail ([`posts`]) from the ingest nodes' shared memory and the replica.
+//! - [`error`]: the one mapping from errors (and gRPC codes) to HTTP answers.
+//!
+//! The service keeps no state: run as many as you like behind a load balancer.
+
+pub mod error;
+pub mod posts;
+pub mod render;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use sluice_proto::v1::query_handler_client::QueryHandlerClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tower_http::trace::TraceLayer;
+
+/// The query API's own settings.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "query_api_config")]
+pub struct Config {
+    /// The ingest APIs whose shared memory holds notifications not yet in the replica
+    /// (comma-separated base URLs). Post state and audit trails ask each of them.
+    #[arg(
+        long,
+        env = "SLUICE_INGEST_URLS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub ingest_urls: Vec<String>,
+    /// The largest query request body accepted, in bytes.
+    #[arg(long, env = "SLUICE_QUERY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub query_max_body_bytes: usize,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub handler: QueryHandlerClient<Channel>,
+    pub http: reqwest::Client,
+    pub ingest_urls: Arc<Vec<String>>,
+}
+
+pub fn router(state: AppState, config: &Config) -> Router {
+    Router::new()
+        .route("/v1/query", post(routes::post_query))
+        .route("/v1/queries/{id}", get(routes::get_query))
+        .route("/v1/posts/{platform}/{post_id}", get(routes::get_post))
+        .route(
+            "/v1/posts/{platform}/{post_id}/events",
+            get(routes::get_post_events),
+        )
+        .route("/healthz", get(routes::healthz))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(config.query_max_body_bytes))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A client for the query handler at `addr`.
+pub fn handler_client(addr: &str) -> anyhow::Result<QueryHandlerClient<Channel>> {
+    Ok(QueryHandlerClient::new(sluice_proto::lazy_channel(addr)?)
+        .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES))
+}
+
+pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
+    Ok(AppState {
+        handler: handler_client(handler_addr)?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()?,
+        ingest_urls: Arc::new(
+            config
+                .ingest_urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_string())
+                .filter(|u| !u.is_empty())
+                .collect(),
+        ),
+    })
+}
+
+/// Serves the query API on `listener` until `shutdown` fires.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    handler_addr: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let state = build(&config, handler_addr)?;
+    tracing::info!(addr = ?listener.local_addr().ok(), query_handler = handler_addr, ingest = ?config.ingest_urls, "query API listening");
+    axum::serve(listener, router(state, &config))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}

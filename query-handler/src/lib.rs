@@ -1,4 +1,454 @@
-//! The query handler: runs analysts' SQL over the replica with DataFusion on every core and
-//! keeps answered queries (orange) in a cache.
+//! The query handler: analysts' SQL over the replica, with DataFusion on every core.
 //!
-//! Not built yet: it needs the replica first (issue 4 of the roadmap).
+//! - [`replica`]: a read-only view of the Delta table that follows its latest version; each
+//!   query reads one snapshot.
+//! - [`engine`]: parses one statement, refuses anything but a read-only query, plans and runs
+//!   it under a memory limit on the handler's own query runtime, and encodes the result as an
+//!   Arrow IPC stream.
+//! - [`cache`]: the orange cache, answers keyed by normalized SQL and replica version.
+//! - [`queries`]: the states of recent queries (yellow while queued or running, then orange,
+//!   done or failed), for `GetQuery`.
+//! - [`lookup`]: point reads of the replica for the other services (a post's notifications, a
+//!   red notification).
+//! - [`error`]: the one mapping from errors to gRPC codes.
+//!
+//! A semaphore bounds how many queries run at once (each already uses every core); a query
+//! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
+
+pub mod cache;
+pub mod engine;
+pub mod error;
+pub mod lookup;
+pub mod queries;
+pub mod replica;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_core::storage::Storage;
+use sluice_proto::v1::query_handler_server::{QueryHandler, QueryHandlerServer};
+use sluice_proto::v1::{
+    ExecuteRequest, GetNotificationRequest, GetQueryRequest, NotificationLookup, Notifications,
+    PostEventsRequest, QueryReply,
+};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic::{Request, Response, Status};
+
+use crate::cache::{CacheKey, ResultCache};
+use crate::engine::{Answer, Limits};
+use crate::error::QueryError;
+use crate::queries::{QueryLog, QueryState};
+use crate::replica::{ReplicaView, Snapshot};
+
+/// The query handler's settings.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "query_handler_config")]
+pub struct Config {
+    /// Threads that run queries (0: one per core). Every query uses all of them.
+    #[arg(long, env = "SLUICE_QUERY_THREADS", default_value_t = 0)]
+    pub query_threads: usize,
+    /// Queries that run at once; more wait for a slot (they are yellow meanwhile).
+    #[arg(long, env = "SLUICE_QUERY_CONCURRENCY", default_value_t = 4)]
+    pub query_concurrency: usize,
+    /// A query that has not finished this long after it arrived (waiting included) is
+    /// cancelled and answered with a timeout.
+    #[arg(long, env = "SLUICE_QUERY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub query_timeout_ms: u64,
+    /// Memory one query's operators may reserve; beyond it, they spill to disk or fail.
+    #[arg(long, env = "SLUICE_QUERY_MEMORY_BYTES", default_value_t = 2 << 30)]
+    pub query_memory_bytes: usize,
+    /// The most rows a result may have.
+    #[arg(long, env = "SLUICE_QUERY_MAX_RESULT_ROWS", default_value_t = 100_000)]
+    pub query_max_result_rows: u64,
+    /// The most bytes a result may have (as an Arrow IPC stream).
+    #[arg(long, env = "SLUICE_QUERY_MAX_RESULT_BYTES", default_value_t = 32 << 20)]
+    pub query_max_result_bytes: usize,
+    /// Bytes of answers the orange cache keeps (0: no cache).
+    #[arg(long, env = "SLUICE_CACHE_BYTES", default_value_t = 256 << 20)]
+    pub cache_bytes: usize,
+    /// How long a cached answer may be served, even if the replica has not moved on.
+    #[arg(long, env = "SLUICE_CACHE_TTL_SECS", default_value_t = 300)]
+    pub cache_ttl_secs: u64,
+    /// How often to look for a new replica version.
+    #[arg(long, env = "SLUICE_REPLICA_REFRESH_MS", default_value_t = 1_000)]
+    pub replica_refresh_ms: u64,
+}
+
+impl Config {
+    pub fn for_tests() -> Self {
+        Config {
+            query_threads: 0,
+            query_concurrency: 2,
+            query_timeout_ms: 10_000,
+            query_memory_bytes: 512 << 20,
+            query_max_result_rows: 10_000,
+            query_max_result_bytes: 8 << 20,
+            cache_bytes: 64 << 20,
+            cache_ttl_secs: 300,
+            replica_refresh_ms: 100,
+        }
+    }
+
+    fn threads(&self) -> usize {
+        match self.query_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            memory_bytes: self.query_memory_bytes,
+            max_result_rows: self.query_max_result_rows,
+            max_result_bytes: self.query_max_result_bytes,
+            target_partitions: self.threads(),
+        }
+    }
+}
+
+/// The runtime queries run on, apart from the one serving gRPC.
+struct QueryRuntime(Option<tokio::runtime::Runtime>);
+
+impl QueryRuntime {
+    fn new(threads: usize) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("sluice-query")
+            .enable_all()
+            .build()?;
+        Ok(QueryRuntime(Some(runtime)))
+    }
+
+    /// Runs `work` on the query runtime; dropping the handle cancels it.
+    fn spawn<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = T> + Send + 'static,
+    ) -> AbortOnDropHandle<T> {
+        AbortOnDropHandle::new(self.0.as_ref().expect("runtime until drop").spawn(work))
+    }
+}
+
+impl Drop for QueryRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime inside another one's worker would panic; let it wind down aside.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+struct Inner {
+    replica: Arc<ReplicaView>,
+    cache: ResultCache,
+    log: QueryLog,
+    slots: Arc<Semaphore>,
+    limits: Limits,
+    timeout: Duration,
+    runtime: QueryRuntime,
+}
+
+#[derive(Clone)]
+pub struct QueryHandlerService {
+    inner: Arc<Inner>,
+}
+
+impl QueryHandlerService {
+    pub fn new(replica: Arc<ReplicaView>, config: &Config) -> std::io::Result<Self> {
+        Ok(QueryHandlerService {
+            inner: Arc::new(Inner {
+                replica,
+                cache: ResultCache::new(
+                    config.cache_bytes,
+                    Duration::from_secs(config.cache_ttl_secs),
+                ),
+                log: QueryLog::default(),
+                slots: Arc::new(Semaphore::new(config.query_concurrency.max(1))),
+                limits: config.limits(),
+                timeout: Duration::from_millis(config.query_timeout_ms),
+                runtime: QueryRuntime::new(config.threads())?,
+            }),
+        })
+    }
+
+    /// Called when the replica moves on: answers of older versions can never be served again.
+    pub fn replica_moved_on(&self, version: u64) {
+        self.inner.cache.retire_before(version);
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>, QueryError> {
+        self.inner.replica.current().ok_or_else(|| {
+            QueryError::Unavailable("the replica table does not exist yet or was not loaded".into())
+        })
+    }
+
+    /// Runs a planned query in a slot, within the deadline, and records how it ended.
+    async fn run(
+        self,
+        id: String,
+        parsed: engine::Parsed,
+        snapshot: Arc<Snapshot>,
+        deadline: tokio::time::Instant,
+        started: Instant,
+    ) -> Result<Arc<Answer>, QueryError> {
+        let inner = &self.inner;
+        let key: CacheKey = (parsed.normalized, snapshot.version);
+        let outcome = async {
+            let _slot = tokio::time::timeout_at(deadline, inner.slots.clone().acquire_owned())
+                .await
+                .map_err(|_| QueryError::Timeout(inner.timeout.as_millis() as u64))?
+                .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
+            inner.log.set(&id, QueryState::Yellow { running: true });
+            let work = inner.runtime.spawn(engine::execute(
+                parsed.statement,
+                snapshot,
+                inner.limits.clone(),
+            ));
+            match tokio::time::timeout_at(deadline, work).await {
+                Err(_) => Err(QueryError::Timeout(inner.timeout.as_millis() as u64)),
+                Ok(Err(join)) => Err(QueryError::Internal(format!(
+                    "the query task ended: {join}"
+                ))),
+                Ok(Ok(result)) => result.map(Arc::new),
+            }
+        }
+        .await;
+        match &outcome {
+            Ok(answer) => {
+                let kept = answer.cacheable && inner.cache.insert(key.clone(), answer.clone());
+                inner.log.set(
+                    &id,
+                    QueryState::Answered {
+                        key,
+                        rows: answer.rows,
+                        elapsed_micros: started.elapsed().as_micros() as u64,
+                        cached: false,
+                        kept,
+                    },
+                );
+            }
+            Err(error) => inner.log.set(
+                &id,
+                QueryState::Failed {
+                    code: error.code(),
+                    message: error.to_string(),
+                },
+            ),
+        }
+        outcome
+    }
+
+    /// Runs a point read on the query runtime, within the query timeout.
+    async fn lookup<T: Send + 'static>(
+        &self,
+        read: impl Future<Output = Result<T, QueryError>> + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let work = self.inner.runtime.spawn(read);
+        match tokio::time::timeout(self.inner.timeout, work).await {
+            Err(_) => Err(QueryError::Timeout(self.inner.timeout.as_millis() as u64)),
+            Ok(Err(join)) => Err(QueryError::Internal(format!(
+                "the lookup task ended: {join}"
+            ))),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+fn reply(id: String, sql: String, answer: &Answer, cached: bool, elapsed: Duration) -> QueryReply {
+    QueryReply {
+        query_id: id,
+        state: if answer.cacheable { "orange" } else { "done" }.to_string(),
+        replica_version: answer.replica_version,
+        elapsed_micros: elapsed.as_micros() as u64,
+        cached,
+        rows: answer.rows,
+        arrow_ipc: answer.ipc.clone(),
+        sql,
+        ..QueryReply::default()
+    }
+}
+
+#[tonic::async_trait]
+impl QueryHandler for QueryHandlerService {
+    async fn execute(
+        &self,
+        request: Request<ExecuteRequest>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let request = request.into_inner();
+        let parsed = engine::parse(&request.sql)?;
+        let snapshot = self.snapshot()?;
+        let key: CacheKey = (parsed.normalized.clone(), snapshot.version);
+        if let Some(answer) = self.inner.cache.get(&key) {
+            let id = self.inner.log.start(&key.0);
+            let elapsed = started.elapsed();
+            self.inner.log.set(
+                &id,
+                QueryState::Answered {
+                    key: key.clone(),
+                    rows: answer.rows,
+                    elapsed_micros: elapsed.as_micros() as u64,
+                    cached: true,
+                    kept: true,
+                },
+            );
+            return Ok(Response::new(reply(id, key.0, &answer, true, elapsed)));
+        }
+
+        let id = self.inner.log.start(&key.0);
+        let sql = key.0;
+        let run = self
+            .clone()
+            .run(id.clone(), parsed, snapshot, deadline, started);
+        if request.detach {
+            tokio::spawn(run);
+            return Ok(Response::new(QueryReply {
+                query_id: id,
+                state: "yellow".into(),
+                sql,
+                ..QueryReply::default()
+            }));
+        }
+        let answer = run.await?;
+        Ok(Response::new(reply(
+            id,
+            sql,
+            &answer,
+            false,
+            started.elapsed(),
+        )))
+    }
+
+    async fn get_query(
+        &self,
+        request: Request<GetQueryRequest>,
+    ) -> Result<Response<QueryReply>, Status> {
+        let id = request.into_inner().query_id;
+        let record = self
+            .inner
+            .log
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no query {id} is remembered here")))?;
+        let mut out = QueryReply {
+            query_id: id,
+            sql: record.sql,
+            ..QueryReply::default()
+        };
+        match record.state {
+            QueryState::Yellow { .. } => {
+                out.state = "yellow".into();
+                out.elapsed_micros = record.started.elapsed().as_micros() as u64;
+            }
+            QueryState::Failed { code, message } => {
+                out.state = "failed".into();
+                out.error_code = format!("{code:?}");
+                out.error = message;
+            }
+            QueryState::Answered {
+                key,
+                rows,
+                elapsed_micros,
+                cached,
+                kept,
+            } => {
+                out.replica_version = key.1;
+                out.rows = rows;
+                out.elapsed_micros = elapsed_micros;
+                out.cached = cached;
+                match self.inner.cache.get(&key) {
+                    Some(answer) => {
+                        out.state = "orange".into();
+                        out.arrow_ipc = answer.ipc.clone();
+                    }
+                    None if kept => out.state = "expired".into(),
+                    None => out.state = "done".into(),
+                }
+            }
+        }
+        Ok(Response::new(out))
+    }
+
+    async fn post_events(
+        &self,
+        request: Request<PostEventsRequest>,
+    ) -> Result<Response<Notifications>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.snapshot()?;
+        let limits = self.inner.limits.clone();
+        let version = snapshot.version;
+        let notifications = self
+            .lookup(async move {
+                lookup::post_events(
+                    &snapshot,
+                    &limits,
+                    &request.platform,
+                    &request.post_id,
+                    request.as_of_micros,
+                )
+                .await
+            })
+            .await?;
+        Ok(Response::new(Notifications {
+            notifications,
+            replica_version: version,
+        }))
+    }
+
+    async fn get_notification(
+        &self,
+        request: Request<GetNotificationRequest>,
+    ) -> Result<Response<NotificationLookup>, Status> {
+        let request = request.into_inner();
+        let snapshot = self.snapshot()?;
+        let limits = self.inner.limits.clone();
+        let version = snapshot.version;
+        let notification = self
+            .lookup(async move {
+                lookup::find_notification(&snapshot, &limits, &request.platform, &request.id).await
+            })
+            .await?;
+        Ok(Response::new(NotificationLookup {
+            notification,
+            replica_version: version,
+        }))
+    }
+}
+
+/// Serves the query handler on `listener` until `shutdown` fires, reading the replica at
+/// `replica_path` inside `storage`.
+pub async fn serve(
+    listener: TcpListener,
+    storage: &Storage,
+    replica_path: &str,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (url, options) = sluice_consumer::replica::table_location(&storage.url, replica_path)?;
+    let replica = Arc::new(ReplicaView::new(url, options));
+    let service = QueryHandlerService::new(replica.clone(), &config)?;
+    let following = tokio::spawn(replica.follow(
+        Duration::from_millis(config.replica_refresh_ms.max(10)),
+        shutdown.clone(),
+        {
+            let service = service.clone();
+            move |version| service.replica_moved_on(version)
+        },
+    ));
+    tracing::info!(addr = ?listener.local_addr().ok(), storage = %storage.url, replica = replica_path, "query handler listening");
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    tonic::transport::Server::builder()
+        .add_service(
+            QueryHandlerServer::new(service)
+                .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await?;
+    following.await?;
+    Ok(())
+}

@@ -1,8 +1,10 @@
 //! Sluice's integration tests: real processes of the `sluice` binary, a real S3 server over
 //! HTTP on loopback, real gRPC between the services. One test binary, one module per concern.
 
+mod analyst;
 mod compose;
 mod master_store;
+mod read_path;
 mod replica;
 mod support;
 mod write_path;

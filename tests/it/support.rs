@@ -372,7 +372,7 @@ pub(crate) fn python() -> PathBuf {
             let ready = || {
                 python.exists()
                     && Command::new(&python)
-                        .args(["-c", "import deltalake, pyarrow"])
+                        .args(["-c", "import deltalake, pyarrow, duckdb"])
                         .status()
                         .is_ok_and(|s| s.success())
             };

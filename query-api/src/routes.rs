@@ -1,0 +1,274 @@
+//! The HTTP handlers.
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sluice_proto::v1::{ExecuteRequest, GetQueryRequest, PostEventsRequest, QueryReply};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::posts::{self, Event, MemoryEntry, MemoryPost};
+use crate::render::{self, ARROW_STREAM, Format};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    sql: String,
+    #[serde(default)]
+    format: Option<String>,
+    /// Answer at once with the query id; `GET /v1/queries/{id}` gives the result later.
+    #[serde(default, rename = "async")]
+    detach: bool,
+}
+
+/// `POST /v1/query`.
+pub(crate) async fn post_query(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: QueryBody = serde_json::from_slice(&body?).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "the body must be a JSON object {{\"sql\": \"…\", \"format\": \"json\"|\"csv\"|\"arrow\"}}: {e}"
+        ))
+    })?;
+    let format = Format::parse(body.format.as_deref().unwrap_or("json"))?;
+    if body.sql.trim().is_empty() {
+        return Err(ApiError::BadRequest("sql is empty".into()));
+    }
+    let reply = state
+        .handler
+        .clone()
+        .execute(ExecuteRequest {
+            sql: body.sql,
+            detach: body.detach,
+        })
+        .await?
+        .into_inner();
+    render_reply(reply, format)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FormatParam {
+    format: Option<String>,
+}
+
+/// `GET /v1/queries/{id}`: the query's state, and its result while it is cached.
+pub(crate) async fn get_query(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<FormatParam>,
+) -> Result<Response, ApiError> {
+    let format = Format::parse(params.format.as_deref().unwrap_or("json"))?;
+    let reply = state
+        .handler
+        .clone()
+        .get_query(GetQueryRequest { query_id: id })
+        .await?
+        .into_inner();
+    render_reply(reply, format)
+}
+
+fn meta(reply: &QueryReply) -> Value {
+    let mut meta = json!({
+        "query_id": reply.query_id,
+        "state": reply.state,
+        "sql": reply.sql,
+        "replica_version": reply.replica_version,
+        "elapsed_ms": reply.elapsed_micros as f64 / 1000.0,
+        "cached": reply.cached,
+        "row_count": reply.rows,
+    });
+    if !reply.error.is_empty() {
+        meta["error"] = reply.error.clone().into();
+        meta["error_code"] = reply.error_code.clone().into();
+    }
+    meta
+}
+
+fn render_reply(reply: QueryReply, format: Format) -> Result<Response, ApiError> {
+    let has_result = reply.state == "orange" || reply.state == "done";
+    let has_result = has_result && !reply.arrow_ipc.is_empty();
+    if !has_result || format == Format::Json {
+        let mut body = meta(&reply);
+        if has_result {
+            let (schema, batches) = render::decode(&reply.arrow_ipc)?;
+            let (columns, rows) = render::to_json(&schema, &batches)?;
+            body["columns"] = columns;
+            body["rows"] = rows;
+        }
+        return Ok(Json(body).into_response());
+    }
+    let (content_type, bytes) = match format {
+        Format::Arrow => (ARROW_STREAM, reply.arrow_ipc.clone()),
+        Format::Csv => {
+            let (schema, batches) = render::decode(&reply.arrow_ipc)?;
+            (
+                "text/csv; charset=utf-8",
+                render::to_csv(&schema, &batches)?,
+            )
+        }
+        Format::Json => unreachable!("answered above"),
+    };
+    let mut response = Response::new(Body::from(bytes));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    for (name, value) in [
+        ("x-sluice-query-id", reply.query_id.clone()),
+        (
+            "x-sluice-replica-version",
+            reply.replica_version.to_string(),
+        ),
+        (
+            "x-sluice-elapsed-ms",
+            (reply.elapsed_micros as f64 / 1000.0).to_string(),
+        ),
+        ("x-sluice-cached", reply.cached.to_string()),
+        ("x-sluice-rows", reply.rows.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AsOfParam {
+    as_of: Option<String>,
+}
+
+/// The post's trail from every source, and what went wrong on the way (an ingest node that
+/// did not answer makes the answer less fresh, not wrong: what it held is either lost with it
+/// or on its way to the replica).
+async fn trail(
+    state: &AppState,
+    platform: &str,
+    post_id: &str,
+    as_of: Option<i64>,
+) -> Result<(Vec<Event>, Value), ApiError> {
+    let memory_reads = state.ingest_urls.iter().map(|base| {
+        let url = format!(
+            "{base}/v1/memory/posts/{}/{}",
+            encode(platform),
+            encode(post_id)
+        );
+        let http = state.http.clone();
+        async move {
+            let answer = http
+                .get(&url)
+                .send()
+                .await
+                .and_then(|r| r.error_for_status());
+            match answer {
+                Ok(response) => response
+                    .json::<MemoryPost>()
+                    .await
+                    .map(|p| p.notifications)
+                    .map_err(|e| format!("{base}: {e}")),
+                Err(e) => Err(format!("{base}: {e}")),
+            }
+        }
+    });
+    let mut handler = state.handler.clone();
+    let replica_read = handler.post_events(PostEventsRequest {
+        platform: platform.to_string(),
+        post_id: post_id.to_string(),
+        as_of_micros: as_of,
+    });
+    let (memory, replica) = futures::join!(futures::future::join_all(memory_reads), replica_read);
+    let replica = replica?.into_inner();
+    let mut entries: Vec<MemoryEntry> = Vec::new();
+    let mut warnings = Vec::new();
+    for read in memory {
+        match read {
+            Ok(found) => entries.extend(found),
+            Err(error) => warnings.push(format!("ingest node not consulted: {error}")),
+        }
+    }
+    let from_memory = entries.len();
+    let events = posts::merge(entries, replica.notifications, as_of);
+    let sources = json!({
+        "memory": from_memory,
+        "replica_version": replica.replica_version,
+        "warnings": warnings,
+    });
+    Ok((events, sources))
+}
+
+fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for byte in segment.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(byte as char)
+            }
+            _ => out.push_str(&format!("%{byte:02X}")),
+        }
+    }
+    out
+}
+
+/// `GET /v1/posts/{platform}/{post_id}[?as_of=…]`: the post's state.
+pub(crate) async fn get_post(
+    State(state): State<AppState>,
+    Path((platform, post_id)): Path<(String, String)>,
+    Query(params): Query<AsOfParam>,
+) -> Result<Json<Value>, ApiError> {
+    let as_of = params
+        .as_of
+        .as_deref()
+        .map(posts::parse_as_of)
+        .transpose()?;
+    let (events, sources) = trail(&state, &platform, &post_id, as_of).await?;
+    if events.is_empty() {
+        return Err(ApiError::NotFound(format!(
+            "no notification of post {platform}/{post_id}{}",
+            params
+                .as_of
+                .map(|t| format!(" occurred at or before {t}"))
+                .unwrap_or_default()
+        )));
+    }
+    let mut body = json!({"platform": platform, "post_id": post_id, "as_of": params.as_of});
+    body["state"] = posts::fold(&events);
+    body["sources"] = sources;
+    Ok(Json(body))
+}
+
+/// `GET /v1/posts/{platform}/{post_id}/events[?as_of=…]`: its audit trail, oldest first.
+pub(crate) async fn get_post_events(
+    State(state): State<AppState>,
+    Path((platform, post_id)): Path<(String, String)>,
+    Query(params): Query<AsOfParam>,
+) -> Result<Json<Value>, ApiError> {
+    let as_of = params
+        .as_of
+        .as_deref()
+        .map(posts::parse_as_of)
+        .transpose()?;
+    let (events, sources) = trail(&state, &platform, &post_id, as_of).await?;
+    Ok(Json(json!({
+        "platform": platform,
+        "post_id": post_id,
+        "as_of": params.as_of,
+        "events": events.iter().map(Event::to_json).collect::<Vec<_>>(),
+        "sources": sources,
+    })))
+}
+
+/// `GET /healthz`.
+pub(crate) async fn healthz() -> &'static str {
+    "ok"
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::NotFound(
+        "no such endpoint; see POST /v1/query, GET /v1/queries/{id}, GET /v1/posts/{platform}/{post_id}[/events]"
+            .into(),
+    )
+}

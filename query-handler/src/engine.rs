@@ -1,0 +1,231 @@
+//! Running one analyst query: parse, check it is a single read-only query, plan it against a
+//! replica snapshot, execute it with DataFusion under a memory limit, and encode the result as
+//! an Arrow IPC stream.
+//!
+//! Queries run on their own Tokio runtime with one worker per core (`target_partitions` =
+//! cores), so a heavy query keeps every core busy without starving the gRPC server, which
+//! stays responsive on the process's main runtime.
+
+use std::sync::Arc;
+
+use arrow::ipc::writer::StreamWriter;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::StreamExt;
+
+use crate::error::QueryError;
+use crate::replica::Snapshot;
+
+/// The name analysts query.
+pub const TABLE: &str = "notifications";
+
+/// Limits on one query.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Memory DataFusion may reserve for the query's operators (sorts, joins, aggregates).
+    pub memory_bytes: usize,
+    pub max_result_rows: u64,
+    pub max_result_bytes: usize,
+    pub target_partitions: usize,
+}
+
+/// A query's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The result as an Arrow IPC stream.
+    pub ipc: Vec<u8>,
+    pub rows: u64,
+    pub replica_version: u64,
+    /// False when the plan calls a function whose value changes between runs (`now()`,
+    /// `random()`): such answers are never served from the cache.
+    pub cacheable: bool,
+}
+
+impl Answer {
+    pub fn size_bytes(&self) -> usize {
+        self.ipc.len() + std::mem::size_of::<Self>()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(ipc: Vec<u8>) -> Self {
+        Answer {
+            ipc,
+            rows: 0,
+            replica_version: 0,
+            cacheable: true,
+        }
+    }
+}
+
+/// One parsed statement and its normalized text, the cache key's SQL part.
+pub struct Parsed {
+    pub statement: Statement,
+    pub normalized: String,
+}
+
+/// Parses `sql` as exactly one read-only query. Writes, DDL, `COPY`, `SET`, `EXPLAIN` and
+/// anything else that is not a query are refused here, before planning; the planner's own
+/// read-only options check the plan once more.
+pub fn parse(sql: &str) -> Result<Parsed, QueryError> {
+    let mut statements = DFParserBuilder::new(sql)
+        .with_dialect(&GenericDialect {})
+        .build()?
+        .parse_statements()?;
+    if statements.len() != 1 {
+        return Err(QueryError::NotReadOnly(format!(
+            "send exactly one SQL statement; got {}",
+            statements.len()
+        )));
+    }
+    let statement = statements.pop_front().expect("one statement");
+    match &statement {
+        Statement::Statement(inner) if matches!(**inner, SqlStatement::Query(_)) => {}
+        other => {
+            let text = other.to_string();
+            let verb: String = text
+                .split_whitespace()
+                .take(2)
+                .collect::<Vec<_>>()
+                .join(" ");
+            return Err(QueryError::NotReadOnly(format!(
+                "only a read-only query (SELECT, WITH … SELECT, VALUES) is allowed; got `{verb} …`"
+            )));
+        }
+    }
+    let normalized = statement.to_string();
+    Ok(Parsed {
+        statement,
+        normalized,
+    })
+}
+
+/// Plans and runs `statement` against `snapshot`, and encodes the result.
+pub async fn execute(
+    statement: Statement,
+    snapshot: Arc<Snapshot>,
+    limits: Limits,
+) -> Result<Answer, QueryError> {
+    let ctx = session(&snapshot, &limits)?;
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    read_only()
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
+    let cacheable = !calls_changing_functions(&plan)?;
+    let mut stream = ctx
+        .execute_logical_plan(plan)
+        .await?
+        .execute_stream()
+        .await?;
+
+    let schema = stream.schema();
+    let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        if rows > limits.max_result_rows {
+            return Err(QueryError::ResultTooLarge(format!(
+                "the result has more than {} rows; aggregate, filter or add a LIMIT",
+                limits.max_result_rows
+            )));
+        }
+        writer.write(&batch)?;
+        if writer.get_ref().len() > limits.max_result_bytes {
+            return Err(QueryError::ResultTooLarge(format!(
+                "the result is larger than {} bytes; aggregate, filter, select fewer columns or add a LIMIT",
+                limits.max_result_bytes
+            )));
+        }
+    }
+    writer.finish()?;
+    Ok(Answer {
+        ipc: writer.into_inner()?,
+        rows,
+        replica_version: snapshot.version,
+        cacheable,
+    })
+}
+
+/// A session of its own for one query: the query's memory pool, every core, and the replica
+/// snapshot registered as `notifications`.
+pub fn session(snapshot: &Snapshot, limits: &Limits) -> Result<SessionContext, QueryError> {
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+        .build_arc()?;
+    let config = SessionConfig::new()
+        .with_target_partitions(limits.target_partitions)
+        .with_information_schema(false);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    ctx.register_table(TABLE, snapshot.provider.clone())?;
+    Ok(ctx)
+}
+
+fn read_only() -> datafusion::execution::context::SQLOptions {
+    datafusion::execution::context::SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+}
+
+/// Whether the plan calls a function that is not immutable (`now()`, `random()`, …), in any
+/// node or subquery.
+fn calls_changing_functions(plan: &LogicalPlan) -> Result<bool, QueryError> {
+    use datafusion::common::tree_node::TreeNode;
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            found |= expr.exists(|e| {
+                Ok(matches!(e, Expr::ScalarFunction(f)
+                    if f.func.signature().volatility != Volatility::Immutable))
+            })?;
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_one_read_only_query_passes() {
+        let parsed = parse("select   count(*)\nFROM notifications  where platform='x'").unwrap();
+        assert_eq!(
+            parsed.normalized,
+            "SELECT count(*) FROM notifications WHERE platform = 'x'"
+        );
+        for (sql, says) in [
+            ("DELETE FROM notifications", "read-only"),
+            ("INSERT INTO notifications VALUES (1)", "read-only"),
+            ("DROP TABLE notifications", "read-only"),
+            ("CREATE TABLE t AS SELECT 1", "read-only"),
+            (
+                "CREATE EXTERNAL TABLE t STORED AS CSV LOCATION '/etc/passwd'",
+                "read-only",
+            ),
+            ("COPY notifications TO '/tmp/x.csv'", "read-only"),
+            ("SET datafusion.execution.batch_size = 1", "read-only"),
+            ("EXPLAIN SELECT 1", "read-only"),
+            ("SELECT 1; SELECT 2", "exactly one"),
+            ("SELEC 1", "Expected"),
+            ("", "exactly one"),
+        ] {
+            let error = parse(sql).err().unwrap_or_else(|| panic!("{sql} passed"));
+            assert!(
+                error.to_string().contains(says),
+                "{sql}: {error} does not say {says}"
+            );
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The query handler's errors, and their one mapping onto gRPC codes.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The SQL does not parse or plan: a syntax error, an unknown column, function or table, a
+    /// type mismatch. The message is DataFusion's.
+    #[error("{0}")]
+    InvalidSql(String),
+    /// A write, DDL, `SET`, `COPY`, or more than one statement.
+    #[error("{0}")]
+    NotReadOnly(String),
+    /// The query failed on the data itself, e.g. a division by zero or a failed cast.
+    #[error("the query failed: {0}")]
+    Execution(String),
+    #[error("{0}")]
+    ResultTooLarge(String),
+    #[error("the query needs more memory than its limit: {0}")]
+    MemoryLimit(String),
+    #[error(
+        "the query did not finish within {0} ms; narrow it (a time range, fewer groups) or ask for a higher limit"
+    )]
+    Timeout(u64),
+    #[error("the replica cannot be read yet: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<DataFusionError> for QueryError {
+    fn from(error: DataFusionError) -> Self {
+        let root = error.find_root();
+        match root {
+            DataFusionError::SQL(..)
+            | DataFusionError::Plan(_)
+            | DataFusionError::SchemaError(..)
+            | DataFusionError::NotImplemented(_)
+            | DataFusionError::Configuration(_) => QueryError::InvalidSql(root.to_string()),
+            DataFusionError::ResourcesExhausted(_) => QueryError::MemoryLimit(root.to_string()),
+            DataFusionError::Execution(_) => QueryError::Execution(root.to_string()),
+            DataFusionError::ArrowError(arrow, _) => match **arrow {
+                ArrowError::DivideByZero
+                | ArrowError::CastError(_)
+                | ArrowError::ComputeError(_)
+                | ArrowError::ParseError(_)
+                | ArrowError::ArithmeticOverflow(_)
+                | ArrowError::InvalidArgumentError(_) => QueryError::Execution(root.to_string()),
+                _ => QueryError::Internal(root.to_string()),
+            },
+            _ => QueryError::Internal(root.to_string()),
+        }
+    }
+}
+
+impl From<ArrowError> for QueryError {
+    fn from(error: ArrowError) -> Self {
+        QueryError::Internal(error.to_string())
+    }
+}
+
+impl QueryError {
+    /// The gRPC code name, as a query's record reports it.
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            QueryError::InvalidSql(_) | QueryError::NotReadOnly(_) | QueryError::Execution(_) => {
+                tonic::Code::InvalidArgument
+            }
+            QueryError::ResultTooLarge(_) | QueryError::MemoryLimit(_) => {
+                tonic::Code::ResourceExhausted
+            }
+            QueryError::Timeout(_) => tonic::Code::DeadlineExceeded,
+            QueryError::Unavailable(_) => tonic::Code::Unavailable,
+            QueryError::Internal(_) => tonic::Code::Internal,
+        }
+    }
+}
+
+impl From<QueryError> for Status {
+    fn from(error: QueryError) -> Self {
+        if let QueryError::Internal(detail) = &error {
+            // Logged here, not sent: internals stay on the server.
+            tracing::error!(%detail, "query failed");
+            return Status::internal("the query failed inside the query handler; see its log");
+        }
+        Status::new(error.code(), error.to_string())
+    }
+}

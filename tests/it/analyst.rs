@@ -1,0 +1,211 @@
+//! The analyst workload shared by the read-path tests and the query benchmark: generated
+//! notifications written straight into a replica table, and the SQL suite of
+//! `tests/analyst_suite.sql` run through Sluice's query API and, as the peer, through DuckDB on
+//! the same Parquet files (`tests/analyst_suite.py`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+use sluice_consumer::replica::Replica;
+use sluice_consumer::schema::to_record_batch;
+use sluice_core::Notification;
+use sluice_core::segment::{Segment, SegmentHeader};
+
+pub(crate) const SUITE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/analyst_suite.sql");
+pub(crate) const SUITE_PY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/analyst_suite.py");
+
+/// Rows per generated batch (one batch = one producer sequence, as a publisher segment would be).
+pub(crate) const BATCH_ROWS: usize = 10_000;
+
+const MICROS_PER_SEC: i64 = 1_000_000;
+/// 2026-11-14T00:00:00Z: the generated events spread over the ten days after it.
+const START_MICROS: i64 = 1_794_614_400 * MICROS_PER_SEC;
+
+/// Notification batch `batch` of a deterministic analyst workload: skewed platforms, types,
+/// tags and posts, nulls in the optional fields, ten days of event times.
+pub(crate) fn generated_batch(batch: u64) -> Vec<Notification> {
+    let mut rng = StdRng::seed_from_u64(batch);
+    let platforms = [
+        "mastodon", "mastodon", "bsky", "bsky", "bsky", "threads", "lemmy",
+    ];
+    let types = [
+        "post.liked",
+        "post.liked",
+        "post.liked",
+        "post.shared",
+        "post.commented",
+        "post.commented",
+        "post.created",
+        "post.edited",
+        "post.deleted",
+    ];
+    let langs = ["en", "en", "en", "de", "fr", "es", "ja"];
+    let clients = ["web", "ios", "android"];
+    (0..BATCH_ROWS)
+        .map(|row| {
+            let skewed = |rng: &mut StdRng, n: f64| (rng.random::<f64>().powi(3) * n) as u64;
+            let occurred_at = START_MICROS + rng.random_range(0..10 * 86_400 * MICROS_PER_SEC);
+            let lag = if rng.random_ratio(1, 100) {
+                rng.random_range(0..3_600 * MICROS_PER_SEC)
+            } else {
+                rng.random_range(0..30 * MICROS_PER_SEC)
+            };
+            let mut metrics = BTreeMap::new();
+            if rng.random_ratio(9, 10) {
+                metrics.insert("likes".to_string(), skewed(&mut rng, 5_000.0) as i64);
+            }
+            if rng.random_ratio(1, 2) {
+                metrics.insert("shares".to_string(), rng.random_range(0..300));
+            }
+            Notification {
+                platform: platforms[rng.random_range(0..platforms.len())].to_string(),
+                id: format!("g{batch}-{row}"),
+                kind: types[rng.random_range(0..types.len())].to_string(),
+                occurred_at,
+                received_at: occurred_at + lag,
+                post_id: Some(format!("post{}", skewed(&mut rng, 100_000.0))),
+                author_id: Some(format!("u{}", skewed(&mut rng, 50_000.0))),
+                actor_id: rng
+                    .random_ratio(4, 5)
+                    .then(|| format!("u{}", rng.random_range(0..100_000))),
+                text: rng
+                    .random_ratio(1, 3)
+                    .then(|| format!("words {} and more", rng.random_range(0..10_000))),
+                lang: rng
+                    .random_ratio(9, 10)
+                    .then(|| langs[rng.random_range(0..langs.len())].to_string()),
+                tags: (0..rng.random_range(0..5))
+                    .map(|_| format!("tag{}", skewed(&mut rng, 300.0)))
+                    .collect(),
+                metrics,
+                attributes: rng.random_ratio(3, 4).then(|| {
+                    json!({"client": clients[rng.random_range(0..clients.len())],
+                           "v": rng.random_range(1..9)})
+                    .to_string()
+                }),
+            }
+        })
+        .collect()
+}
+
+/// Appends generated batches `batches` to the replica, `per_commit` batches per Delta commit,
+/// as producer `producer` with sequences equal to the batch numbers.
+pub(crate) async fn load(
+    replica: &mut Replica,
+    producer: &str,
+    batches: std::ops::Range<u64>,
+    per_commit: usize,
+) {
+    let all: Vec<u64> = batches.collect();
+    for chunk in all.chunks(per_commit) {
+        let segments: Vec<Segment> = chunk
+            .iter()
+            .map(|&b| {
+                let records = generated_batch(b);
+                Segment {
+                    header: SegmentHeader {
+                        producer: producer.to_string(),
+                        sequence: b,
+                        rows: records.len() as u64,
+                        crc32c: 0,
+                    },
+                    records,
+                }
+            })
+            .collect();
+        let batch = to_record_batch(&segments).unwrap();
+        let last = BTreeMap::from([(producer.to_string(), *chunk.last().unwrap())]);
+        replica.append(vec![batch], &last).await.unwrap();
+    }
+}
+
+/// The suite's queries, `(name, sql)`, in file order.
+pub(crate) fn suite() -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(SUITE).unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(name) = trimmed.strip_prefix("-- query:") {
+            queries.push((name.trim().to_string(), String::new()));
+        } else if let Some((_, sql)) = queries.last_mut()
+            && !trimmed.starts_with("-- tolerance:")
+        {
+            sql.push_str(line);
+            sql.push('\n');
+        }
+    }
+    for (_, sql) in &mut queries {
+        *sql = sql.trim().trim_end_matches(';').to_string();
+    }
+    queries
+}
+
+/// POSTs one query to the query API; returns the status and the JSON answer.
+pub(crate) async fn query(
+    client: &reqwest::Client,
+    api: SocketAddr,
+    body: Value,
+) -> (reqwest::StatusCode, Value) {
+    let response = client
+        .post(format!("http://{api}/v1/query"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+/// Runs every suite query through the query API: `{name: {"columns": [names], "rows": [...]}}`
+/// as `analyst_suite.py compare` reads it, and each answer's server-side milliseconds.
+pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>) {
+    let client = reqwest::Client::new();
+    let mut results = serde_json::Map::new();
+    let mut elapsed = BTreeMap::new();
+    for (name, sql) in suite() {
+        let (status, answer) = query(&client, api, json!({"sql": sql})).await;
+        assert!(status.is_success(), "{name}: {status} {answer}");
+        let columns: Vec<Value> = answer["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].clone())
+            .collect();
+        results.insert(
+            name.clone(),
+            json!({"columns": columns, "rows": answer["rows"]}),
+        );
+        elapsed.insert(name, answer["elapsed_ms"].as_f64().unwrap());
+    }
+    (Value::Object(results), elapsed)
+}
+
+/// The local paths of the Parquet files the table's current version reads, given the directory
+/// that holds the table's bucket (s3s-fs keeps objects as files).
+pub(crate) fn live_files(replica: &Replica, bucket_dir: &Path, bucket: &str) -> Vec<PathBuf> {
+    replica
+        .table()
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| {
+            let key = uri
+                .strip_prefix(&format!("s3://{bucket}/"))
+                .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));
+            bucket_dir.join(key)
+        })
+        .collect()
+}
+
+/// Writes `files` one per line into `dir` and returns the list's path, for analyst_suite.py.
+pub(crate) fn file_list(dir: &Path, files: &[PathBuf]) -> PathBuf {
+    let list = dir.join("files.txt");
+    let text: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    std::fs::write(&list, text.join("\n")).unwrap();
+    list
+}
