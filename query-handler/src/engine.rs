@@ -9,10 +9,12 @@
 use std::sync::Arc;
 
 use arrow::ipc::writer::StreamWriter;
-use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::execution::memory_pool::GreedyMemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::coop::CooperativeExec;
+use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement};
 use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
@@ -117,11 +119,12 @@ pub async fn execute(
         .verify_plan(&plan)
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
-    let mut stream = ctx
+    let physical = ctx
         .execute_logical_plan(plan)
         .await?
-        .execute_stream()
+        .create_physical_plan()
         .await?;
+    let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();
     let mut writer = StreamWriter::try_new(Vec::new(), &schema)?;
@@ -166,6 +169,24 @@ pub fn session(snapshot: &Snapshot, limits: &Limits) -> Result<SessionContext, Q
     Ok(ctx)
 }
 
+/// Wraps every operator of the plan so that each batch it hands on spends Tokio's cooperative
+/// budget. DataFusion already does this at scans and exchanges; but a join or cross product can
+/// produce millions of batches from one input batch without reaching either, and a task that
+/// never yields cannot be cancelled. With this, a timed-out query stops within a few batches.
+fn cooperative_everywhere(
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>, QueryError> {
+    Ok(plan
+        .transform_up(|node| {
+            Ok(if node.is::<CooperativeExec>() {
+                Transformed::no(node)
+            } else {
+                Transformed::yes(Arc::new(CooperativeExec::new(node)) as Arc<dyn ExecutionPlan>)
+            })
+        })?
+        .data)
+}
+
 fn read_only() -> datafusion::execution::context::SQLOptions {
     datafusion::execution::context::SQLOptions::new()
         .with_allow_ddl(false)
@@ -176,7 +197,6 @@ fn read_only() -> datafusion::execution::context::SQLOptions {
 /// Whether the plan calls a function that is not immutable (`now()`, `random()`, …), in any
 /// node or subquery.
 fn calls_changing_functions(plan: &LogicalPlan) -> Result<bool, QueryError> {
-    use datafusion::common::tree_node::TreeNode;
     let mut found = false;
     plan.apply_with_subqueries(|node| {
         node.apply_expressions(|expr| {

@@ -186,14 +186,17 @@ pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>)
     (Value::Object(results), elapsed)
 }
 
-/// The local paths of the Parquet files the table's current version reads, given the directory
-/// that holds the table's bucket (s3s-fs keeps objects as files).
+/// The local paths of the Parquet files the table's current version reads. A table in S3 is
+/// found under `bucket_dir`, the directory that holds the bucket (s3s-fs keeps objects as files).
 pub(crate) fn live_files(replica: &Replica, bucket_dir: &Path, bucket: &str) -> Vec<PathBuf> {
     replica
         .table()
         .get_file_uris()
         .unwrap()
         .map(|uri| {
+            if let Some(path) = uri.strip_prefix("file://") {
+                return PathBuf::from(path);
+            }
             let key = uri
                 .strip_prefix(&format!("s3://{bucket}/"))
                 .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));

@@ -13,7 +13,14 @@ fn compose_file_parses_and_names_real_settings() {
         serde_yaml_ng::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     compose.apply_merge().unwrap();
     let services = compose["services"].as_mapping().expect("services");
-    for name in ["minio", "publisher", "consumer", "ingest-api"] {
+    for name in [
+        "minio",
+        "publisher",
+        "consumer",
+        "ingest-api",
+        "query-handler",
+        "query-api",
+    ] {
         assert!(services.contains_key(name), "service {name} missing");
     }
     let mut checked = BTreeSet::new();
@@ -54,6 +61,8 @@ fn compose_file_parses_and_names_real_settings() {
         "SLUICE_STORAGE",
         "SLUICE_PUBLISHER_ADDR",
         "SLUICE_INGEST_ADDR",
+        "SLUICE_QUERY_HANDLER_ADDR",
+        "SLUICE_QUERY_ADDR",
     ] {
         assert!(checked.contains(key), "{key} is not set anywhere");
     }

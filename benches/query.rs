@@ -1,0 +1,177 @@
+//! The query benchmark: the analyst suite (`tests/analyst_suite.sql`) on Sluice's query handler
+//! against DuckDB over the same Parquet files, in one run, as ratios.
+//!
+//! ```sh
+//! cargo bench --bench query                # 5,000,000 generated notifications
+//! cargo bench --bench query -- quick       # 1,000,000
+//! BENCH_REPEAT=9 cargo bench --bench query # timed runs per query (default 5)
+//! ```
+//!
+//! The replica is a Delta table on local disk (`file://`), written by the consumer's own code
+//! in commits of 200,000 rows and then compacted, as the consumer's maintenance leaves closed
+//! days. A release `sluice query-handler` with the result cache off (`SLUICE_CACHE_BYTES=0`)
+//! answers each query once to warm up and then `BENCH_REPEAT` times; the time is the handler's
+//! own (`elapsed_ms`: planning, execution, encoding). DuckDB (`tests/analyst_suite.py bench`,
+//! the pinned duckdb, every core) reads the table's live Parquet files with the same SQL, warmed
+//! up the same way; its time is `execute` + `fetchall`. Both answers are also compared. Results
+//! go to `bench/README.md`.
+
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
+
+#[allow(dead_code)]
+#[path = "../tests/it/analyst.rs"]
+mod analyst;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice_consumer::replica::Replica;
+use support::{Sluice, free_addr, wait_for_port};
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "quick");
+    let batches: u64 = if quick { 100 } else { 500 };
+    let repeat: usize = std::env::var("BENCH_REPEAT")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
+    let dir = tempfile::tempdir().unwrap();
+    let table_dir = dir.path().join("data/replica");
+    std::fs::create_dir_all(&table_dir).unwrap();
+    let url = url::Url::from_directory_path(&table_dir).unwrap();
+    let mut replica = Replica::open_or_create(url, Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    analyst::load(&mut replica, "generated", 1..batches + 1, 20).await;
+    let (table, _) = replica
+        .table()
+        .clone()
+        .optimize()
+        .with_target_size(128 << 20)
+        .await
+        .unwrap();
+    replica = Replica::open_or_create(table.table_url().clone(), Default::default())
+        .await
+        .unwrap();
+    let rows = batches as usize * analyst::BATCH_ROWS;
+    let files = analyst::live_files(&replica, dir.path(), "");
+    let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
+    eprintln!(
+        "{rows} rows in {} files ({} MB) after {:?}",
+        files.len(),
+        bytes >> 20,
+        started.elapsed()
+    );
+
+    let (handler_addr, api) = (free_addr(), free_addr());
+    let env: Vec<(String, String)> = [
+        (
+            "SLUICE_STORAGE",
+            format!("file://{}", dir.path().join("data").display()),
+        ),
+        ("SLUICE_QUERY_HANDLER_ADDR", handler_addr.to_string()),
+        ("SLUICE_QUERY_ADDR", api.to_string()),
+        ("SLUICE_CACHE_BYTES", "0".to_string()),
+        ("SLUICE_QUERY_TIMEOUT_MS", "600000".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let handler = Sluice::spawn(&["query-handler"], &env, dir.path(), "query-handler");
+    let api_process = Sluice::spawn(&["query-api"], &env, dir.path(), "query-api");
+    wait_for_port(handler_addr, &handler).await;
+    wait_for_port(api, &api_process).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !analyst::query(&client, api, json!({"sql": "SELECT 1 AS one"}))
+        .await
+        .0
+        .is_success()
+    {
+        assert!(Instant::now() < deadline, "{}", handler.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Sluice: a warm-up pass (whose answers are compared with DuckDB's), then timed passes.
+    let (answers, _) = analyst::run_suite(api).await;
+    let actual = dir.path().join("sluice.json");
+    std::fs::write(&actual, answers.to_string()).unwrap();
+    let mut sluice_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for _ in 0..repeat {
+        let (_, elapsed) = analyst::run_suite(api).await;
+        for (name, ms) in elapsed {
+            sluice_ms.entry(name).or_default().push(ms);
+        }
+    }
+
+    let list = analyst::file_list(dir.path(), &files);
+    let timings = dir.path().join("duckdb-timings.json");
+    let expected = dir.path().join("duckdb.json");
+    let repeat_arg = repeat.to_string();
+    for args in [
+        vec![
+            "bench",
+            "--repeat",
+            &repeat_arg,
+            "--out",
+            timings.to_str().unwrap(),
+        ],
+        vec!["run", "--out", expected.to_str().unwrap()],
+    ] {
+        let mut full = vec![
+            analyst::SUITE_PY,
+            args[0],
+            "--files",
+            list.to_str().unwrap(),
+        ];
+        full.extend(["--suite", analyst::SUITE]);
+        full.extend(&args[1..]);
+        support::run_python(full);
+    }
+    let compared = std::process::Command::new(support::python())
+        .args([analyst::SUITE_PY, "compare", "--suite", analyst::SUITE])
+        .arg("--expected")
+        .arg(&expected)
+        .arg("--actual")
+        .arg(&actual)
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&compared.stdout);
+    let verdict = report.lines().last().unwrap_or_default().to_string();
+    let duckdb: Value = serde_json::from_slice(&std::fs::read(&timings).unwrap()).unwrap();
+
+    println!(
+        "\n{rows} notifications, {} Parquet files, {} MB; {repeat} timed runs each, medians; answers: {verdict}\n",
+        files.len(),
+        bytes >> 20
+    );
+    println!("| query | Sluice ms | DuckDB ms | Sluice ÷ DuckDB |");
+    println!("|---|---:|---:|---:|");
+    let mut log_ratio = 0.0;
+    let mut within = 0;
+    let names: Vec<String> = analyst::suite().into_iter().map(|(n, _)| n).collect();
+    for name in &names {
+        let ours = median(sluice_ms.get_mut(name).unwrap());
+        let theirs = duckdb[name]["median_ms"].as_f64().unwrap();
+        let ratio = ours / theirs;
+        log_ratio += ratio.ln();
+        within += usize::from(ratio <= 1.0);
+        println!("| {name} | {ours:.1} | {theirs:.1} | {ratio:.2} |");
+    }
+    println!(
+        "\ngeometric mean Sluice ÷ DuckDB: {:.2}; {within} of {} queries at or under 1.0×",
+        (log_ratio / names.len() as f64).exp(),
+        names.len()
+    );
+    assert!(compared.status.success(), "{report}");
+}
