@@ -57,7 +57,7 @@ async fn main() {
         .table()
         .clone()
         .optimize()
-        .with_target_size(128 << 20)
+        .with_target_size(std::num::NonZeroU64::new(128 << 20).unwrap())
         .await
         .unwrap();
     replica = Replica::open_or_create(table.table_url().clone(), Default::default())

@@ -194,13 +194,15 @@ pub(crate) fn live_files(replica: &Replica, bucket_dir: &Path, bucket: &str) -> 
         .get_file_uris()
         .unwrap()
         .map(|uri| {
-            if let Some(path) = uri.strip_prefix("file://") {
-                return PathBuf::from(path);
+            match uri.strip_prefix("s3://") {
+                Some(object) => {
+                    let key = object
+                        .strip_prefix(&format!("{bucket}/"))
+                        .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));
+                    bucket_dir.join(key)
+                }
+                None => PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)),
             }
-            let key = uri
-                .strip_prefix(&format!("s3://{bucket}/"))
-                .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));
-            bucket_dir.join(key)
         })
         .collect()
 }
