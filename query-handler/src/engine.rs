@@ -34,7 +34,8 @@ pub struct Limits {
     pub memory_bytes: usize,
     pub max_result_rows: u64,
     pub max_result_bytes: usize,
-    pub target_partitions: usize,
+    /// DataFusion's settings for every query.
+    pub session: SessionConfig,
 }
 
 /// A query's answer.
@@ -161,9 +162,7 @@ pub fn session(snapshot: &Snapshot, limits: &Limits) -> Result<SessionContext, Q
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
         .build_arc()?;
-    let config = SessionConfig::new()
-        .with_target_partitions(limits.target_partitions)
-        .with_information_schema(false);
+    let config = limits.session.clone();
     let ctx = SessionContext::new_with_config_rt(config, runtime);
     ctx.register_table(TABLE, snapshot.provider.clone())?;
     Ok(ctx)

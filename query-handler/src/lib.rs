@@ -101,13 +101,21 @@ impl Config {
         }
     }
 
-    fn limits(&self) -> Limits {
-        Limits {
+    /// The limits of every query. DataFusion's own settings come from its `DATAFUSION_*`
+    /// environment variables (e.g. `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=true`), read
+    /// once here so that a bad value stops the start instead of failing every query; the
+    /// partitions always follow the query threads.
+    fn limits(&self) -> anyhow::Result<Limits> {
+        let session = datafusion::prelude::SessionConfig::from_env()
+            .map_err(|e| anyhow::anyhow!("a DATAFUSION_* setting is invalid: {e}"))?
+            .with_target_partitions(self.threads())
+            .with_information_schema(false);
+        Ok(Limits {
             memory_bytes: self.query_memory_bytes,
             max_result_rows: self.query_max_result_rows,
             max_result_bytes: self.query_max_result_bytes,
-            target_partitions: self.threads(),
-        }
+            session,
+        })
     }
 }
 
@@ -158,7 +166,7 @@ pub struct QueryHandlerService {
 }
 
 impl QueryHandlerService {
-    pub fn new(replica: Arc<ReplicaView>, config: &Config) -> std::io::Result<Self> {
+    pub fn new(replica: Arc<ReplicaView>, config: &Config) -> anyhow::Result<Self> {
         Ok(QueryHandlerService {
             inner: Arc::new(Inner {
                 replica,
@@ -168,7 +176,7 @@ impl QueryHandlerService {
                 ),
                 log: QueryLog::default(),
                 slots: Arc::new(Semaphore::new(config.query_concurrency.max(1))),
-                limits: config.limits(),
+                limits: config.limits()?,
                 timeout: Duration::from_millis(config.query_timeout_ms),
                 runtime: QueryRuntime::new(config.threads())?,
             }),
