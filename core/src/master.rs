@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -44,6 +44,8 @@ pub struct SegmentRef {
     pub producer: String,
     pub sequence: u64,
     pub size: u64,
+    /// When the store last wrote it, in microseconds since the epoch.
+    pub last_modified_micros: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +116,38 @@ impl MasterStore {
         }
     }
 
+    /// The idempotency keys `(platform, id)` stored by producers whose id starts with
+    /// `producer_prefix`, in the segments written at most `window_micros` before the newest of
+    /// them. An ingest node that restarts after a crash asks for its previous incarnations'
+    /// last batches: their clients may retry requests that were stored but never answered.
+    pub async fn recent_keys(
+        &self,
+        producer_prefix: &str,
+        window_micros: i64,
+    ) -> Result<Vec<(String, String)>> {
+        let mine: Vec<SegmentRef> = self
+            .list_segments()
+            .await?
+            .into_iter()
+            .filter(|s| s.producer.starts_with(producer_prefix))
+            .collect();
+        let Some(newest) = mine.iter().map(|s| s.last_modified_micros).max() else {
+            return Ok(Vec::new());
+        };
+        let recent = mine
+            .into_iter()
+            .filter(|s| s.last_modified_micros >= newest.saturating_sub(window_micros));
+        let segments: Vec<Segment> = futures::stream::iter(recent)
+            .map(|s| async move { self.read_segment(&s.path).await })
+            .buffer_unordered(8)
+            .try_collect()
+            .await?;
+        Ok(segments
+            .into_iter()
+            .flat_map(|s| s.records.into_iter().map(|r| (r.platform, r.id)))
+            .collect())
+    }
+
     /// Reads and verifies one segment.
     pub async fn read_segment(&self, path: &str) -> Result<Segment> {
         let bytes = self.read_raw(&Path::from(path)).await?;
@@ -143,6 +177,7 @@ impl MasterStore {
                     producer: producer.to_string(),
                     sequence,
                     size: meta.size,
+                    last_modified_micros: meta.last_modified.timestamp_micros(),
                     path,
                 })
             })

@@ -27,6 +27,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use sluice_core::Notification;
+use sluice_proto::v1::RecentKeysRequest;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_client::PublisherClient;
 use sluice_proto::v1::query_handler_client::QueryHandlerClient;
@@ -81,6 +82,11 @@ pub struct Config {
     /// This node's name, the first part of its producer id (A-Z, a-z, 0-9, '.', '_', '-').
     #[arg(long, env = "SLUICE_NODE_ID", default_value = "ingest")]
     pub node_id: String,
+    /// At start, load the keys of the batches this node's earlier incarnations stored in their
+    /// last this-many seconds, so that a client retrying a request a crash left unanswered gets
+    /// a duplicate, not a second copy (0: off). Keep it above --ack-timeout-secs.
+    #[arg(long, env = "SLUICE_RECOVER_WINDOW_SECS", default_value_t = 60)]
+    pub recover_window_secs: u64,
 }
 
 impl Config {
@@ -98,6 +104,7 @@ impl Config {
             green_ttl_secs: 300,
             green_poll_ms: 20,
             node_id: "test".to_string(),
+            recover_window_secs: 60,
         }
     }
 }
@@ -214,6 +221,68 @@ pub fn build(config: Config, peers: &Peers) -> anyhow::Result<(AppState, Workers
     Ok((state, Workers { batcher, green }))
 }
 
+/// How long recovered keys are kept: clients retry a request a crash left unanswered within
+/// seconds or minutes, not hours.
+const RECOVERED_KEYS_KEPT: Duration = Duration::from_secs(600);
+
+/// Loads the keys that this node's earlier incarnations stored in their last
+/// `recover_window_secs` into shared memory's recovered set, asking the publisher. Waits up to
+/// 30 s for a publisher; without one, the node starts unprotected and says so.
+pub async fn recover_stored_keys(state: &AppState) {
+    let window = state.config.recover_window_secs;
+    if window == 0 {
+        return;
+    }
+    let request = RecentKeysRequest {
+        producer_prefix: format!("{}-", state.config.node_id),
+        window_micros: (window * 1_000_000) as i64,
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match state.publisher.clone().recent_keys(request.clone()).await {
+            Ok(response) => break response.into_inner(),
+            Err(status) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(
+                    message = status.message(),
+                    "waiting for a publisher to recover keys"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(status) => {
+                tracing::warn!(
+                    message = status.message(),
+                    "started without the keys earlier incarnations stored: a retry of a request a crash left unanswered may be stored twice"
+                );
+                return;
+            }
+        }
+    };
+    let mut recovered = 0;
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                recovered += state
+                    .memory
+                    .remember_stored(chunk.keys.into_iter().map(|k| (k.platform, k.id)));
+            }
+            Ok(None) => break,
+            Err(status) => {
+                tracing::warn!(
+                    message = status.message(),
+                    recovered,
+                    "recovering stored keys stopped early"
+                );
+                break;
+            }
+        }
+    }
+    tracing::info!(
+        recovered,
+        window_secs = window,
+        "keys stored by earlier incarnations recovered"
+    );
+}
+
 /// Serves the ingest API on `listener` until `shutdown` fires, then shuts down in order: stop
 /// accepting, let in-flight requests finish, store every gray notification (for at most
 /// `shutdown_timeout_secs`), and report what the batcher did.
@@ -230,6 +299,16 @@ pub async fn serve(
     // The tracker runs until the last request has been answered: ack=replicated waits on it.
     let tracker_stop = CancellationToken::new();
     let tracker = tokio::spawn(workers.green.run(tracker_stop.clone()));
+    // Before the first request: a retry of something an earlier incarnation stored must be
+    // recognized from the start.
+    recover_stored_keys(&state).await;
+    tokio::spawn({
+        let memory = state.memory.clone();
+        async move {
+            tokio::time::sleep(RECOVERED_KEYS_KEPT).await;
+            memory.forget_recovered();
+        }
+    });
     tracing::info!(addr = ?listener.local_addr().ok(), producer_id = %state.producer_id, ?peers, "ingest API listening");
     // When serve returns, the router and with it the last sender of staged notifications are
     // dropped: the batcher then drains what is left and finishes.

@@ -103,6 +103,9 @@ pub struct SharedMemory {
     entries: DashMap<Key, Entry>,
     /// `(platform, post_id)` → ids of the entries about that post, for post reads.
     by_post: DashMap<Key, Vec<String>>,
+    /// Keys this node's previous incarnations stored just before this one started: a client
+    /// whose request a crash left unanswered retries it here, and must get a duplicate.
+    recovered: dashmap::DashSet<Key>,
     used_bytes: AtomicUsize,
     budget: usize,
     gray: AtomicU64,
@@ -118,6 +121,7 @@ impl SharedMemory {
         SharedMemory {
             entries: DashMap::new(),
             by_post: DashMap::new(),
+            recovered: dashmap::DashSet::new(),
             used_bytes: AtomicUsize::new(0),
             budget,
             gray: AtomicU64::new(0),
@@ -184,6 +188,14 @@ impl SharedMemory {
                     outcomes.push(Admitted::Duplicate {
                         key: (item.platform, item.id),
                         color: entry.color,
+                    });
+                }
+                MapEntry::Vacant(vacant) if self.recovered.contains(vacant.key()) => {
+                    // Stored by an earlier incarnation of this node: durable (blue) already.
+                    unused += size;
+                    outcomes.push(Admitted::Duplicate {
+                        key: (item.platform, item.id),
+                        color: Color::Blue,
                     });
                 }
                 MapEntry::Vacant(vacant) => {
@@ -303,6 +315,18 @@ impl SharedMemory {
         self.entries
             .get(&(platform.to_string(), id.to_string()))
             .map(|e| (e.color, e.record.clone()))
+    }
+
+    /// Remembers keys that earlier incarnations of this node stored (see `recovered`).
+    pub fn remember_stored(&self, keys: impl IntoIterator<Item = Key>) -> usize {
+        keys.into_iter()
+            .map(|key| usize::from(self.recovered.insert(key)))
+            .sum()
+    }
+
+    /// Forgets the recovered keys once their clients have long stopped retrying.
+    pub fn forget_recovered(&self) {
+        self.recovered.clear();
     }
 
     /// Every notification about post `(platform, post_id)` this node holds, with its color.
@@ -429,6 +453,27 @@ mod tests {
         assert_eq!(left, ["other"], "and from the post index");
         let stats = memory.stats();
         assert_eq!((stats.green, stats.evicted), (0, 1));
+    }
+
+    #[test]
+    fn keys_stored_by_an_earlier_incarnation_are_duplicates() {
+        let memory = SharedMemory::new(1 << 20);
+        assert_eq!(memory.remember_stored([("p".into(), "old".into())]), 1);
+        let (outcomes, staged) = memory.admit(vec![note("old"), note("new")], None).unwrap();
+        assert_eq!(
+            outcomes,
+            [
+                Admitted::Duplicate {
+                    key: ("p".into(), "old".into()),
+                    color: Color::Blue
+                },
+                Admitted::Accepted
+            ]
+        );
+        assert_eq!(staged.len(), 1);
+        memory.forget_recovered();
+        let (outcomes, _) = memory.admit(vec![note("old")], None).unwrap();
+        assert_eq!(outcomes, [Admitted::Accepted]);
     }
 
     #[test]

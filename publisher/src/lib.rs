@@ -17,7 +17,8 @@ use sluice_core::{Error, Notification};
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_server::{Publisher, PublisherServer};
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, SegmentStoredRequest, StatusRequest, StatusResponse,
+    AppendRequest, AppendResponse, Key, RecentKeysChunk, RecentKeysRequest, SegmentStoredRequest,
+    StatusRequest, StatusResponse,
 };
 use tokio::net::TcpListener;
 use tonic::transport::Channel;
@@ -133,7 +134,47 @@ impl Publisher for PublisherService {
     ) -> Result<Response<StatusResponse>, Status> {
         Ok(Response::new(self.status.clone()))
     }
+
+    type RecentKeysStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<RecentKeysChunk, Status>> + Send>>;
+
+    async fn recent_keys(
+        &self,
+        request: Request<RecentKeysRequest>,
+    ) -> Result<Response<Self::RecentKeysStream>, Status> {
+        let RecentKeysRequest {
+            producer_prefix,
+            window_micros,
+        } = request.into_inner();
+        if producer_prefix.is_empty() {
+            return Err(Status::invalid_argument("producer_prefix is empty"));
+        }
+        let keys = self
+            .master
+            .recent_keys(&producer_prefix, window_micros.max(0))
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read the master store: {e}")))?;
+        tracing::info!(producer_prefix, keys = keys.len(), "recent keys sent");
+        let chunks: Vec<Result<RecentKeysChunk, Status>> = keys
+            .chunks(RECENT_KEYS_PER_CHUNK)
+            .map(|chunk| {
+                Ok(RecentKeysChunk {
+                    keys: chunk
+                        .iter()
+                        .map(|(platform, id)| Key {
+                            platform: platform.clone(),
+                            id: id.clone(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(chunks))))
+    }
 }
+
+/// Keys per streamed message: about 1 MB each.
+const RECENT_KEYS_PER_CHUNK: usize = 10_000;
 
 /// Tells the consumer of a stored segment, in the background: the Append has been answered by
 /// then, and a lost announcement only delays replication until the consumer's next listing.

@@ -193,16 +193,14 @@ pub(crate) fn live_files(replica: &Replica, bucket_dir: &Path, bucket: &str) -> 
         .table()
         .get_file_uris()
         .unwrap()
-        .map(|uri| {
-            match uri.strip_prefix("s3://") {
-                Some(object) => {
-                    let key = object
-                        .strip_prefix(&format!("{bucket}/"))
-                        .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));
-                    bucket_dir.join(key)
-                }
-                None => PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)),
+        .map(|uri| match uri.strip_prefix("s3://") {
+            Some(object) => {
+                let key = object
+                    .strip_prefix(&format!("{bucket}/"))
+                    .unwrap_or_else(|| panic!("{uri} is not in bucket {bucket}"));
+                bucket_dir.join(key)
             }
+            None => PathBuf::from(uri.strip_prefix("file://").unwrap_or(&uri)),
         })
         .collect()
 }

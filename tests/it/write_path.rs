@@ -87,6 +87,11 @@ impl Pipeline {
         self.publisher = Sluice::spawn(&["publisher"], &self.env, self.dir.path(), "publisher-2");
     }
 
+    async fn restart_ingest(&mut self) {
+        self.ingest = Sluice::spawn(&["ingest-api"], &self.env, self.dir.path(), "ingest-2");
+        wait_for_port(self.ingest_addr, &self.ingest).await;
+    }
+
     async fn get(&self, path: &str) -> Value {
         get_json(&format!("http://{}{path}", self.ingest_addr)).await
     }
@@ -222,6 +227,52 @@ async fn killing_the_publisher_mid_load_loses_nothing_and_doubles_nothing() {
         "the batcher saw the publisher die"
     );
     assert_eq!(pipeline.ingest.terminate(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stored_but_unanswered_when_ingest_dies_is_stored_once_when_retried() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET);
+    let mut pipeline = Pipeline::start(&s3).await;
+    let master = MasterStore::new(s3.store(BUCKET));
+    let body: Vec<Value> = (0..1_000).map(notification).collect();
+    let url = format!("http://{}/v1/notifications", pipeline.ingest_addr);
+    let client = reqwest::Client::new();
+    let first = tokio::spawn(client.post(&url).json(&body).send());
+
+    // The moment the batch is in the master store, the ingest node dies: whether or not its
+    // answer got out, the client cannot know and retries.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while master.list_segments().await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "nothing was stored");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    pipeline.ingest.kill9();
+    let _ = first.await;
+    pipeline.restart_ingest().await;
+
+    let retry: Value = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let duplicates = retry["duplicates"].as_array().unwrap().len();
+    assert_eq!(
+        retry["accepted"].as_u64().unwrap() as usize + duplicates,
+        1_000,
+        "{retry}"
+    );
+    assert!(duplicates > 0, "the stored batch was recognized: {retry}");
+    assert_stored_exactly_once(&s3, 1_000).await;
+    assert!(
+        pipeline.ingest.log_text().contains("recovered"),
+        "{}",
+        pipeline.ingest.log_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
