@@ -14,6 +14,10 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; `all` carries every service's settings"
+)]
 pub enum Command {
     /// Every service in one process, talking gRPC over loopback as they would across hosts.
     All {
