@@ -161,6 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             ));
 
             // The read side stops with the signal: it holds nothing that needs draining.
+            query_handler.check()?;
             let handler_listener =
                 bind(&query_handler_addr.query_handler_addr, "query handler").await?;
             let handler_addr = handler_listener.local_addr()?.to_string();
@@ -202,7 +203,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 consumer: consumer_addr,
                 query_handler: handler_addr,
             };
-            let code = run_ingest(ingest_listener, ingest.config, &peers, shutdown).await;
+            let code = run_ingest(ingest_listener, ingest.config, &peers, shutdown.clone()).await;
+            // The read side stops with the ingest API, also when that failed to start.
+            shutdown.cancel();
             query_api_task.await??;
             handler_task.await??;
             publisher_stop.cancel();

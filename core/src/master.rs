@@ -116,20 +116,27 @@ impl MasterStore {
         }
     }
 
-    /// The idempotency keys `(platform, id)` stored by producers whose id starts with
-    /// `producer_prefix`, in the segments written at most `window_micros` before the newest of
-    /// them. An ingest node that restarts after a crash asks for its previous incarnations'
-    /// last batches: their clients may retry requests that were stored but never answered.
+    /// The idempotency keys `(platform, id)` stored by the incarnations of ingest node `node_id`
+    /// (producers `<node_id>-<32 hex digits>`), in the segments written at most `window_micros`
+    /// before the newest of them. An ingest node that restarts after a crash asks for its
+    /// previous incarnations' last batches: their clients may retry requests that were stored
+    /// but never answered.
     pub async fn recent_keys(
         &self,
-        producer_prefix: &str,
+        node_id: &str,
         window_micros: i64,
     ) -> Result<Vec<(String, String)>> {
+        let is_incarnation = |producer: &str| {
+            producer
+                .strip_prefix(node_id)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|uuid| uuid.len() == 32 && uuid.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
         let mine: Vec<SegmentRef> = self
             .list_segments()
             .await?
             .into_iter()
-            .filter(|s| s.producer.starts_with(producer_prefix))
+            .filter(|s| is_incarnation(&s.producer))
             .collect();
         let Some(newest) = mine.iter().map(|s| s.last_modified_micros).max() else {
             return Ok(Vec::new());

@@ -234,7 +234,7 @@ pub async fn recover_stored_keys(state: &AppState) {
         return;
     }
     let request = RecentKeysRequest {
-        producer_prefix: format!("{}-", state.config.node_id),
+        node_id: state.config.node_id.clone(),
         window_micros: (window * 1_000_000) as i64,
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

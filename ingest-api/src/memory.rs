@@ -8,7 +8,7 @@
 //! that is not enough, [`SharedMemory::admit`] refuses the whole request and the client is told
 //! to retry. Green entries also turn red once they have been green for a TTL.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,7 +102,7 @@ pub struct MemoryStats {
 pub struct SharedMemory {
     entries: DashMap<Key, Entry>,
     /// `(platform, post_id)` → ids of the entries about that post, for post reads.
-    by_post: DashMap<Key, Vec<String>>,
+    by_post: DashMap<Key, HashSet<String>>,
     /// Keys this node's previous incarnations stored just before this one started: a client
     /// whose request a crash left unanswered retries it here, and must get a duplicate.
     recovered: dashmap::DashSet<Key>,
@@ -204,7 +204,7 @@ impl SharedMemory {
                         self.by_post
                             .entry((record.platform.clone(), post_id.clone()))
                             .or_default()
-                            .push(record.id.clone());
+                            .insert(record.id.clone());
                     }
                     let mut waiters = Vec::new();
                     if let Some((level, waiter)) = wait {
@@ -302,7 +302,7 @@ impl SharedMemory {
                 if let Some(post_id) = &entry.record.post_id {
                     let post = (entry.record.platform.clone(), post_id.clone());
                     if let Some(mut ids) = self.by_post.get_mut(&post) {
-                        ids.retain(|id| *id != entry.record.id);
+                        ids.remove(&entry.record.id);
                     }
                     self.by_post.remove_if(&post, |_, ids| ids.is_empty());
                 }
@@ -336,9 +336,12 @@ impl SharedMemory {
             .get(&(platform.to_string(), post_id.to_string()))
             .map(|ids| ids.clone())
             .unwrap_or_default();
-        ids.into_iter()
+        let mut found: Vec<(Color, Arc<Notification>)> = ids
+            .into_iter()
             .filter_map(|id| self.get(platform, &id))
-            .collect()
+            .collect();
+        found.sort_by(|a, b| (a.1.occurred_at, &a.1.id).cmp(&(b.1.occurred_at, &b.1.id)));
+        found
     }
 
     pub fn stats(&self) -> MemoryStats {

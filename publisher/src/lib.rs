@@ -143,18 +143,18 @@ impl Publisher for PublisherService {
         request: Request<RecentKeysRequest>,
     ) -> Result<Response<Self::RecentKeysStream>, Status> {
         let RecentKeysRequest {
-            producer_prefix,
+            node_id,
             window_micros,
         } = request.into_inner();
-        if producer_prefix.is_empty() {
-            return Err(Status::invalid_argument("producer_prefix is empty"));
+        if node_id.is_empty() {
+            return Err(Status::invalid_argument("node_id is empty"));
         }
         let keys = self
             .master
-            .recent_keys(&producer_prefix, window_micros.max(0))
+            .recent_keys(&node_id, window_micros.max(0))
             .await
             .map_err(|e| Status::unavailable(format!("cannot read the master store: {e}")))?;
-        tracing::info!(producer_prefix, keys = keys.len(), "recent keys sent");
+        tracing::info!(node_id, keys = keys.len(), "recent keys sent");
         let chunks: Vec<Result<RecentKeysChunk, Status>> = keys
             .chunks(RECENT_KEYS_PER_CHUNK)
             .map(|chunk| {

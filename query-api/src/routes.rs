@@ -4,7 +4,7 @@ use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -85,7 +85,7 @@ fn meta(reply: &QueryReply) -> Value {
     });
     if !reply.error.is_empty() {
         meta["error"] = reply.error.clone().into();
-        meta["error_code"] = reply.error_code.clone().into();
+        meta["error_code"] = format!("{:?}", tonic::Code::from_i32(reply.error_code)).into();
     }
     meta
 }
@@ -94,14 +94,30 @@ fn render_reply(reply: QueryReply, format: Format) -> Result<Response, ApiError>
     let has_result = reply.state == "orange" || reply.state == "done";
     let has_result = has_result && !reply.arrow_ipc.is_empty();
     if !has_result || format == Format::Json {
+        // A query that failed answers as it would have when run directly; one still running is
+        // 202, so that a script never mistakes either for a result.
+        let status = match reply.state.as_str() {
+            "failed" => ApiError::from(tonic::Status::new(
+                tonic::Code::from_i32(reply.error_code),
+                reply.error.clone(),
+            ))
+            .status(),
+            "yellow" => StatusCode::ACCEPTED,
+            _ => StatusCode::OK,
+        };
         let mut body = meta(&reply);
         if has_result {
             let (schema, batches) = render::decode(&reply.arrow_ipc)?;
             let (columns, rows) = render::to_json(&schema, &batches)?;
             body["columns"] = columns;
             body["rows"] = rows;
+        } else if format != Format::Json && status == StatusCode::OK {
+            return Err(ApiError::NotFound(format!(
+                "query {} is {}: its result is no longer kept; run it again",
+                reply.query_id, reply.state
+            )));
         }
-        return Ok(Json(body).into_response());
+        return Ok((status, Json(body)).into_response());
     }
     let (content_type, bytes) = match format {
         Format::Arrow => (ARROW_STREAM, reply.arrow_ipc.clone()),

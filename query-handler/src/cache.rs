@@ -7,7 +7,7 @@
 //! together; when an insert goes over the budget, the oldest entries go first.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -25,6 +25,8 @@ struct Cached {
 pub struct ResultCache {
     entries: DashMap<CacheKey, Cached>,
     used_bytes: AtomicUsize,
+    /// Answers of older versions are refused: no query can reach them any more.
+    oldest_version: AtomicU64,
     budget: usize,
     ttl: Duration,
 }
@@ -34,6 +36,7 @@ impl ResultCache {
         ResultCache {
             entries: DashMap::new(),
             used_bytes: AtomicUsize::new(0),
+            oldest_version: AtomicU64::new(0),
             budget,
             ttl,
         }
@@ -56,15 +59,18 @@ impl ResultCache {
     /// it would push out many small ones, and analysts repeat small answers.
     pub fn insert(&self, key: CacheKey, answer: Arc<Answer>) -> bool {
         let size = answer.size_bytes();
-        if size > self.budget / 4 {
+        if size > self.budget / 4 || key.1 < self.oldest_version.load(Ordering::Acquire) {
             return false;
         }
+        // Count the bytes before the entry is visible, so that a concurrent removal of it never
+        // subtracts what was not added yet.
+        let used = self.used_bytes.fetch_add(size, Ordering::AcqRel) + size;
         let inserted = Instant::now();
         if let Some(old) = self.entries.insert(key, Cached { answer, inserted }) {
             self.used_bytes
                 .fetch_sub(old.answer.size_bytes(), Ordering::AcqRel);
         }
-        if self.used_bytes.fetch_add(size, Ordering::AcqRel) + size > self.budget {
+        if used > self.budget {
             self.shrink_to(self.budget);
         }
         true
@@ -72,6 +78,7 @@ impl ResultCache {
 
     /// Drops every entry computed on a version older than `version`: no query can reach them.
     pub fn retire_before(&self, version: u64) {
+        self.oldest_version.fetch_max(version, Ordering::AcqRel);
         let old: Vec<CacheKey> = self
             .entries
             .iter()
@@ -159,6 +166,10 @@ mod tests {
         cache.insert(("q".into(), 2), answer(10));
         cache.retire_before(2);
         assert!(cache.get(&("q".into(), 1)).is_none());
+        assert!(
+            !cache.insert(("late".into(), 1), answer(10)),
+            "an old version's answer"
+        );
         assert!(cache.get(&("q".into(), 2)).is_some());
         assert_eq!(cache.used_bytes(), answer(10).size_bytes());
     }

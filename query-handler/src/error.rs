@@ -79,13 +79,21 @@ impl QueryError {
     }
 }
 
+impl QueryError {
+    /// What a client may be told. Internal details are logged here instead of sent.
+    pub fn public_message(&self) -> String {
+        match self {
+            QueryError::Internal(detail) => {
+                tracing::error!(%detail, "query failed");
+                "the query failed inside the query handler; see its log".to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Self {
-        if let QueryError::Internal(detail) = &error {
-            // Logged here, not sent: internals stay on the server.
-            tracing::error!(%detail, "query failed");
-            return Status::internal("the query failed inside the query handler; see its log");
-        }
-        Status::new(error.code(), error.to_string())
+        Status::new(error.code(), error.public_message())
     }
 }

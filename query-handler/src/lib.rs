@@ -94,6 +94,11 @@ impl Config {
         }
     }
 
+    /// Fails when a setting (including a `DATAFUSION_*` variable) cannot be used.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.limits().map(|_| ())
+    }
+
     fn threads(&self) -> usize {
         match self.query_threads {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -210,7 +215,6 @@ impl QueryHandlerService {
                 .await
                 .map_err(|_| QueryError::Timeout(inner.timeout.as_millis() as u64))?
                 .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
-            inner.log.set(&id, QueryState::Yellow { running: true });
             let work = inner.runtime.spawn(engine::execute(
                 parsed.statement,
                 snapshot,
@@ -243,20 +247,27 @@ impl QueryHandlerService {
                 &id,
                 QueryState::Failed {
                     code: error.code(),
-                    message: error.to_string(),
+                    message: error.public_message(),
                 },
             ),
         }
         outcome
     }
 
-    /// Runs a point read on the query runtime, within the query timeout.
+    /// Runs a point read on the query runtime, in a query slot and within the query timeout:
+    /// each one scans the table, so a flood of them must queue like queries do.
     async fn lookup<T: Send + 'static>(
         &self,
         read: impl Future<Output = Result<T, QueryError>> + Send + 'static,
     ) -> Result<T, QueryError> {
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let timed_out = || QueryError::Timeout(self.inner.timeout.as_millis() as u64);
+        let _slot = tokio::time::timeout_at(deadline, self.inner.slots.clone().acquire_owned())
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
         let work = self.inner.runtime.spawn(read);
-        match tokio::time::timeout(self.inner.timeout, work).await {
+        match tokio::time::timeout_at(deadline, work).await {
             Err(_) => Err(QueryError::Timeout(self.inner.timeout.as_millis() as u64)),
             Ok(Err(join)) => Err(QueryError::Internal(format!(
                 "the lookup task ended: {join}"
@@ -266,10 +277,18 @@ impl QueryHandlerService {
     }
 }
 
-fn reply(id: String, sql: String, answer: &Answer, cached: bool, elapsed: Duration) -> QueryReply {
+/// The reply for an answer; `kept` says whether it is in the cache (orange) or not (done).
+fn reply(
+    id: String,
+    sql: String,
+    answer: &Answer,
+    kept: bool,
+    cached: bool,
+    elapsed: Duration,
+) -> QueryReply {
     QueryReply {
         query_id: id,
-        state: if answer.cacheable { "orange" } else { "done" }.to_string(),
+        state: if kept { "orange" } else { "done" }.to_string(),
         replica_version: answer.replica_version,
         elapsed_micros: elapsed.as_micros() as u64,
         cached,
@@ -305,7 +324,9 @@ impl QueryHandler for QueryHandlerService {
                     kept: true,
                 },
             );
-            return Ok(Response::new(reply(id, key.0, &answer, true, elapsed)));
+            return Ok(Response::new(reply(
+                id, key.0, &answer, true, true, elapsed,
+            )));
         }
 
         let id = self.inner.log.start(&key.0);
@@ -323,10 +344,16 @@ impl QueryHandler for QueryHandlerService {
             }));
         }
         let answer = run.await?;
+        let kept = self
+            .inner
+            .cache
+            .get(&(sql.clone(), answer.replica_version))
+            .is_some();
         Ok(Response::new(reply(
             id,
             sql,
             &answer,
+            kept,
             false,
             started.elapsed(),
         )))
@@ -348,13 +375,13 @@ impl QueryHandler for QueryHandlerService {
             ..QueryReply::default()
         };
         match record.state {
-            QueryState::Yellow { .. } => {
+            QueryState::Yellow => {
                 out.state = "yellow".into();
                 out.elapsed_micros = record.started.elapsed().as_micros() as u64;
             }
             QueryState::Failed { code, message } => {
                 out.state = "failed".into();
-                out.error_code = format!("{code:?}");
+                out.error_code = code as i32;
                 out.error = message;
             }
             QueryState::Answered {

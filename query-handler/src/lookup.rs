@@ -63,8 +63,16 @@ pub async fn post_events(
             SortExpr::new(col("received_at"), true, false),
             SortExpr::new(col("id"), true, false),
         ])?
+        .limit(0, Some(limits.max_result_rows as usize + 1))?
         .collect()
         .await?;
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows as u64 > limits.max_result_rows {
+        return Err(QueryError::ResultTooLarge(format!(
+            "post {platform}/{post_id} has more than {} notifications; ask with an earlier as_of or use SQL",
+            limits.max_result_rows
+        )));
+    }
     to_notifications(&batches)
 }
 

@@ -13,10 +13,8 @@ const REMEMBERED: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub enum QueryState {
-    /// Waiting for a slot (`running` false) or running.
-    Yellow {
-        running: bool,
-    },
+    /// Waiting for a slot, or running.
+    Yellow,
     /// Answered. The result lives in the cache under `key` while it is orange.
     Answered {
         key: CacheKey,
@@ -54,7 +52,7 @@ impl QueryLog {
             id.clone(),
             QueryRecord {
                 sql: sql.to_string(),
-                state: QueryState::Yellow { running: false },
+                state: QueryState::Yellow,
                 seq,
                 started: Instant::now(),
             },

@@ -206,13 +206,15 @@ async fn the_analyst_suite_over_a_million_notifications_matches_duckdb_and_repea
 
     // A detached query is yellow, then orange, with the same rows.
     let (status, detached) = query(&client, read.api, json!({"sql": sql, "async": true})).await;
-    assert_eq!(status, 200, "{detached}");
+    assert_eq!(status, 202, "{detached}");
     let id = detached["query_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
     let done = loop {
         let state = get_json(&format!("http://{}/v1/queries/{id}", read.api)).await;
         if state["state"] != "yellow" {
             break state;
         }
+        assert!(Instant::now() < deadline, "still yellow: {state}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(done["state"], "orange", "{done}");
@@ -296,6 +298,31 @@ async fn bad_huge_and_runaway_queries_get_clear_answers_and_the_handler_keeps_se
         assert_eq!(got, 400, "{body}: {answer}");
         assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
     }
+    // A detached runaway: yellow (202) while it runs, then failed with the timeout's status.
+    let runaway =
+        "SELECT max(length(a.id || b.id)) AS l FROM notifications a CROSS JOIN notifications b";
+    let (status, detached) = query(&client, read.api, json!({"sql": runaway, "async": true})).await;
+    assert_eq!(status, 202, "{detached}");
+    let url = format!(
+        "http://{}/v1/queries/{}",
+        read.api,
+        detached["query_id"].as_str().unwrap()
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (status, failed) = loop {
+        let response = reqwest::get(&url).await.unwrap();
+        let status = response.status();
+        let body: Value = response.json().await.unwrap();
+        if status != 202 {
+            break (status, body);
+        }
+        assert!(Instant::now() < deadline, "still yellow: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 504, "{failed}");
+    assert_eq!(failed["state"], "failed");
+    assert!(failed["error"].as_str().unwrap().contains("did not finish"));
+
     let missing = reqwest::get(format!("http://{}/v1/queries/nope", read.api))
         .await
         .unwrap();

@@ -269,7 +269,7 @@ async fn a_request_stored_but_unanswered_when_ingest_dies_is_stored_once_when_re
     assert!(duplicates > 0, "the stored batch was recognized: {retry}");
     assert_stored_exactly_once(&s3, 1_000).await;
     assert!(
-        pipeline.ingest.log_text().contains("recovered"),
+        pipeline.ingest.log_text().contains("recovered=1000"),
         "{}",
         pipeline.ingest.log_text()
     );
