@@ -49,6 +49,7 @@ pub async fn maintain(
         .with_type(OptimizeType::Compact)
         .with_filters(&closed)
         .with_target_size(NonZeroU64::new(config.target_file_bytes.max(1)).expect("at least 1"))
+        .with_writer_properties(crate::replica::writer_properties()?)
         .await?;
     let retention =
         chrono::Duration::from_std(config.retention).unwrap_or_else(|_| chrono::Duration::days(7));

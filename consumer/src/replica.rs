@@ -12,8 +12,9 @@ use arrow::array::RecordBatch;
 use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::write::SchemaMode;
-use deltalake::parquet::basic::{Compression, ZstdLevel};
+use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use sluice_core::storage::{StorageUrl, s3_endpoint, s3_region};
@@ -62,6 +63,22 @@ pub fn table_location(
             Ok((url, options))
         }
     }
+}
+
+/// How the replica's Parquet files are written: zstd, and delta encoding for the two integer
+/// columns that grow with arrival order (`received_at`, `batch_row`). Their dictionaries would
+/// hold nearly every value; their deltas are small (about 2% smaller files in an experiment on
+/// the replication benchmark's data shape, bench/README.md).
+pub fn writer_properties() -> Result<WriterProperties, DeltaTableError> {
+    let mut builder = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(REPLICA_ZSTD_LEVEL)?));
+    for column in ["received_at", "batch_row"] {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
+    }
+    Ok(builder.build())
 }
 
 /// A handle on the replica table.
@@ -125,9 +142,7 @@ impl Replica {
                 Transaction::new_with_last_update(producer, *sequence as i64, Some(now_ms))
             })
             .collect();
-        let writer = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(ZstdLevel::try_new(REPLICA_ZSTD_LEVEL)?))
-            .build();
+        let writer = writer_properties()?;
         let table = self
             .table
             .clone()
