@@ -268,7 +268,7 @@ impl QueryHandlerService {
             .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
         let work = self.inner.runtime.spawn(read);
         match tokio::time::timeout_at(deadline, work).await {
-            Err(_) => Err(QueryError::Timeout(self.inner.timeout.as_millis() as u64)),
+            Err(_) => Err(timed_out()),
             Ok(Err(join)) => Err(QueryError::Internal(format!(
                 "the lookup task ended: {join}"
             ))),
