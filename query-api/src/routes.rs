@@ -165,18 +165,23 @@ async fn trail(
     state: &AppState,
     platform: &str,
     post_id: &str,
-    as_of: Option<i64>,
+    as_of: Option<&str>,
 ) -> Result<(Vec<Event>, Value), ApiError> {
+    let as_of = as_of.map(posts::parse_as_of).transpose()?;
     let memory_reads = state.ingest_urls.iter().map(|base| {
-        let url = format!(
-            "{base}/v1/memory/posts/{}/{}",
-            encode(platform),
-            encode(post_id)
-        );
+        // The ids go in as path segments, percent-encoded by the URL type.
+        let url = reqwest::Url::parse(base).map(|mut url| {
+            if let Ok(mut path) = url.path_segments_mut() {
+                path.pop_if_empty()
+                    .extend(["v1", "memory", "posts", platform, post_id]);
+            }
+            url
+        });
         let http = state.http.clone();
         async move {
+            let url = url.map_err(|e| format!("{base} is not a URL: {e}"))?;
             let answer = http
-                .get(&url)
+                .get(url)
                 .send()
                 .await
                 .and_then(|r| r.error_for_status());
@@ -216,31 +221,13 @@ async fn trail(
     Ok((events, sources))
 }
 
-fn encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for byte in segment.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(byte as char)
-            }
-            _ => out.push_str(&format!("%{byte:02X}")),
-        }
-    }
-    out
-}
-
 /// `GET /v1/posts/{platform}/{post_id}[?as_of=…]`: the post's state.
 pub(crate) async fn get_post(
     State(state): State<AppState>,
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    let as_of = params
-        .as_of
-        .as_deref()
-        .map(posts::parse_as_of)
-        .transpose()?;
-    let (events, sources) = trail(&state, &platform, &post_id, as_of).await?;
+    let (events, sources) = trail(&state, &platform, &post_id, params.as_of.as_deref()).await?;
     if events.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no notification of post {platform}/{post_id}{}",
@@ -262,12 +249,7 @@ pub(crate) async fn get_post_events(
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    let as_of = params
-        .as_of
-        .as_deref()
-        .map(posts::parse_as_of)
-        .transpose()?;
-    let (events, sources) = trail(&state, &platform, &post_id, as_of).await?;
+    let (events, sources) = trail(&state, &platform, &post_id, params.as_of.as_deref()).await?;
     Ok(Json(json!({
         "platform": platform,
         "post_id": post_id,
