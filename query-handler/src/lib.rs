@@ -199,7 +199,9 @@ impl QueryHandlerService {
         })
     }
 
-    /// Runs a planned query in a slot, within the deadline, and records how it ended.
+    /// Runs a planned query in a slot, within the deadline, and records how it ended. Returns
+    /// the answer and whether the cache kept it, or the status the client gets (built once, so
+    /// an internal error is logged once).
     async fn run(
         self,
         id: String,
@@ -207,7 +209,7 @@ impl QueryHandlerService {
         snapshot: Arc<Snapshot>,
         deadline: tokio::time::Instant,
         started: Instant,
-    ) -> Result<Arc<Answer>, QueryError> {
+    ) -> Result<(Arc<Answer>, bool), Status> {
         let inner = &self.inner;
         let key: CacheKey = (parsed.normalized, snapshot.version);
         let outcome = async {
@@ -229,7 +231,7 @@ impl QueryHandlerService {
             }
         }
         .await;
-        match &outcome {
+        match outcome {
             Ok(answer) => {
                 let kept = answer.cacheable && inner.cache.insert(key.clone(), answer.clone());
                 inner.log.set(
@@ -242,16 +244,20 @@ impl QueryHandlerService {
                         kept,
                     },
                 );
+                Ok((answer, kept))
             }
-            Err(error) => inner.log.set(
-                &id,
-                QueryState::Failed {
-                    code: error.code(),
-                    message: error.public_message(),
-                },
-            ),
+            Err(error) => {
+                let status = Status::from(error);
+                inner.log.set(
+                    &id,
+                    QueryState::Failed {
+                        code: status.code(),
+                        message: status.message().to_string(),
+                    },
+                );
+                Err(status)
+            }
         }
-        outcome
     }
 
     /// Runs a point read on the query runtime, in a query slot and within the query timeout:
@@ -343,12 +349,7 @@ impl QueryHandler for QueryHandlerService {
                 ..QueryReply::default()
             }));
         }
-        let answer = run.await?;
-        let kept = self
-            .inner
-            .cache
-            .get(&(sql.clone(), answer.replica_version))
-            .is_some();
+        let (answer, kept) = run.await?;
         Ok(Response::new(reply(
             id,
             sql,
