@@ -5,6 +5,7 @@
 //! cargo bench --bench query                # 5,000,000 generated notifications
 //! cargo bench --bench query -- quick       # 1,000,000
 //! BENCH_REPEAT=9 cargo bench --bench query # timed runs per query (default 5)
+//! BENCH_KEEP=1 cargo bench --bench query    # keep the generated table (its path is printed)
 //! ```
 //!
 //! The replica is a Delta table on local disk (`file://`), written by the consumer's own code
@@ -44,7 +45,11 @@ async fn main() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let dir = tempfile::tempdir().unwrap();
+    let mut dir = tempfile::tempdir().unwrap();
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        dir.disable_cleanup(true);
+        eprintln!("BENCH_KEEP: the table stays in {}", dir.path().display());
+    }
     let table_dir = dir.path().join("data/replica");
     std::fs::create_dir_all(&table_dir).unwrap();
     let url = url::Url::from_directory_path(&table_dir).unwrap();
