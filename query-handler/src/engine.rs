@@ -21,6 +21,7 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
+use crate::counts;
 use crate::error::QueryError;
 use crate::replica::Snapshot;
 
@@ -120,10 +121,11 @@ pub async fn execute(
         .verify_plan(&plan)
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
-    let physical = ctx
-        .execute_logical_plan(plan)
-        .await?
-        .create_physical_plan()
+    let state = ctx.state();
+    let plan = counts::answer_from_log(state.optimize(&plan)?, &snapshot)?;
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&plan, &state)
         .await?;
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 

@@ -16,6 +16,7 @@
 //! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
 
 pub mod cache;
+pub mod counts;
 pub mod engine;
 pub mod error;
 pub mod lookup;

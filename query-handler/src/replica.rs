@@ -16,10 +16,14 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::counts::PartitionCounts;
+
 /// One version of the replica, ready to query.
 pub struct Snapshot {
     pub version: u64,
     pub provider: Arc<dyn TableProvider>,
+    /// Rows per partition from this version's log, when the log alone can say.
+    pub counts: Option<Arc<PartitionCounts>>,
 }
 
 pub struct ReplicaView {
@@ -70,8 +74,12 @@ impl ReplicaView {
             return Ok(Some(version));
         }
         let provider = table.table_provider().await?;
-        *self.current.write().expect("snapshot lock poisoned") =
-            Some(Arc::new(Snapshot { version, provider }));
+        let counts = PartitionCounts::of(table).map(Arc::new);
+        *self.current.write().expect("snapshot lock poisoned") = Some(Arc::new(Snapshot {
+            version,
+            provider,
+            counts,
+        }));
         tracing::debug!(version, "replica snapshot loaded");
         Ok(Some(version))
     }

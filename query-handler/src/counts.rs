@@ -1,0 +1,178 @@
+//! Row counts by partition, answered from the Delta log instead of the Parquet files.
+//!
+//! Every file the consumer adds carries its row count (`numRecords`) and its partition values
+//! in the log. A query that only counts rows grouped by partition columns (`SELECT day,
+//! count(*) FROM notifications GROUP BY day`, the daily totals behind most dashboards) needs
+//! nothing else, so the handler answers that aggregate from the snapshot's log: no file is
+//! opened and no row is hashed. DuckDB does the same from Parquet footers; without it,
+//! DataFusion reads every row's partition value and groups them one by one.
+//!
+//! The rewrite is narrow on purpose. It applies only to an aggregate directly over a scan of
+//! the snapshot's own table with no filter and no limit, grouped by partition columns only,
+//! whose aggregates are all `count(*)` (or `count` of a non-null literal) without `DISTINCT`,
+//! `FILTER` or ordering; and only when every file in the snapshot has a row count and no
+//! deletion vector. Anything else runs as DataFusion plans it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, StringArray};
+use arrow::compute::{CastOptions, cast_with_options};
+use datafusion::common::ScalarValue;
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan};
+use datafusion::prelude::{col, lit};
+use deltalake::DeltaTable;
+
+use crate::error::QueryError;
+use crate::replica::Snapshot;
+
+/// Rows per combination of partition values, from one version of the Delta log.
+#[derive(Debug, Default, PartialEq)]
+pub struct PartitionCounts {
+    /// The table's partition columns, in the log's order.
+    pub columns: Vec<String>,
+    /// Rows per tuple of partition values (as the log writes them; `None` is a null value).
+    pub rows: BTreeMap<Vec<Option<String>>, u64>,
+}
+
+impl PartitionCounts {
+    /// Reads the counts of `table`'s current version; None if a file lacks its row count or
+    /// has deleted rows, since then the log alone cannot give exact counts.
+    pub fn of(table: &DeltaTable) -> Option<Self> {
+        let state = table.snapshot().ok()?;
+        let columns = state.metadata().partition_columns().to_vec();
+        let mut rows = BTreeMap::new();
+        for file in state.log_data().iter() {
+            if file.deletion_vector_descriptor().is_some() {
+                return None;
+            }
+            let count = file.num_records()? as u64;
+            let values = file.partition_values_map();
+            let key = columns
+                .iter()
+                .map(|c| values.get(c).cloned().flatten())
+                .collect();
+            *rows.entry(key).or_insert(0) += count;
+        }
+        Some(PartitionCounts { columns, rows })
+    }
+}
+
+/// Replaces every aggregate of `plan` that the log can answer (see the module's comment) with
+/// the log's counts. `plan` must be optimized, so that projections and filters sit in the scan.
+pub fn answer_from_log(plan: LogicalPlan, snapshot: &Snapshot) -> Result<LogicalPlan, QueryError> {
+    let Some(counts) = snapshot.counts.as_deref() else {
+        return Ok(plan);
+    };
+    Ok(plan
+        .transform_up(|node| {
+            let LogicalPlan::Aggregate(aggregate) = &node else {
+                return Ok(Transformed::no(node));
+            };
+            match from_log(aggregate, snapshot, counts)? {
+                Some(values) => Ok(Transformed::yes(values)),
+                None => Ok(Transformed::no(node)),
+            }
+        })?
+        .data)
+}
+
+fn from_log(
+    aggregate: &Aggregate,
+    snapshot: &Snapshot,
+    counts: &PartitionCounts,
+) -> datafusion::common::Result<Option<LogicalPlan>> {
+    let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else {
+        return Ok(None);
+    };
+    if !scans_snapshot(scan, snapshot) || counts.rows.is_empty() {
+        return Ok(None);
+    }
+    // Which partition column each grouping expression is.
+    let mut groups = Vec::with_capacity(aggregate.group_expr.len());
+    for expr in &aggregate.group_expr {
+        let Expr::Column(column) = expr else {
+            return Ok(None);
+        };
+        let Some(index) = counts.columns.iter().position(|c| *c == column.name) else {
+            return Ok(None);
+        };
+        groups.push(index);
+    }
+    if !aggregate.aggr_expr.iter().all(counts_rows) {
+        return Ok(None);
+    }
+
+    // Sum the counts over the partition columns the query does not group by.
+    let mut grouped: BTreeMap<Vec<Option<&str>>, u64> = BTreeMap::new();
+    for (values, rows) in &counts.rows {
+        let key = groups.iter().map(|&i| values[i].as_deref()).collect();
+        *grouped.entry(key).or_insert(0) += rows;
+    }
+
+    // One literal row per group, typed like the aggregate's output.
+    let fields = aggregate.schema.fields();
+    let mut columns: Vec<Vec<Expr>> = Vec::with_capacity(fields.len());
+    for (position, field) in fields.iter().enumerate().take(groups.len()) {
+        let text: StringArray = grouped.keys().map(|key| key[position]).collect();
+        // A value the column's type cannot hold leaves the query to DataFusion.
+        let strict = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        let Ok(typed): Result<ArrayRef, _> = cast_with_options(&text, field.data_type(), &strict)
+        else {
+            return Ok(None);
+        };
+        columns.push(
+            (0..typed.len())
+                .map(|row| ScalarValue::try_from_array(&typed, row).map(lit))
+                .collect::<datafusion::common::Result<_>>()?,
+        );
+    }
+    for _ in &aggregate.aggr_expr {
+        columns.push(grouped.values().map(|&rows| lit(rows as i64)).collect());
+    }
+    let rows: Vec<Vec<Expr>> = (0..grouped.len())
+        .map(|row| columns.iter().map(|column| column[row].clone()).collect())
+        .collect();
+
+    // Named and qualified exactly as the aggregate's output, so the plan above it still binds.
+    let names = aggregate
+        .schema
+        .iter()
+        .enumerate()
+        .map(|(i, (qualifier, field))| {
+            col(format!("column{}", i + 1)).alias_qualified(qualifier.cloned(), field.name())
+        });
+    Ok(Some(
+        LogicalPlanBuilder::values(rows)?.project(names)?.build()?,
+    ))
+}
+
+/// Whether `scan` reads the snapshot's own table, unfiltered and unlimited.
+fn scans_snapshot(scan: &TableScan, snapshot: &Snapshot) -> bool {
+    scan.filters.is_empty()
+        && scan.fetch.is_none()
+        && source_as_provider(&scan.source)
+            .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
+}
+
+/// Whether `expr` is `count(*)`: a plain count of a non-null literal.
+fn counts_rows(expr: &Expr) -> bool {
+    let expr = match expr {
+        Expr::Alias(alias) => alias.expr.as_ref(),
+        other => other,
+    };
+    let Expr::AggregateFunction(function) = expr else {
+        return false;
+    };
+    let params = &function.params;
+    function.func.name() == "count"
+        && !params.distinct
+        && params.filter.is_none()
+        && params.order_by.is_empty()
+        && matches!(params.args.as_slice(), [Expr::Literal(value, _)] if !value.is_null())
+}
