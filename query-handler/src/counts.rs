@@ -8,7 +8,8 @@
 //! DataFusion reads every row's partition value and groups them one by one.
 //!
 //! The rewrite is narrow on purpose. It applies only to an aggregate directly over a scan of
-//! the snapshot's own table with no filter and no limit, grouped by partition columns only,
+//! the snapshot's own table with no limit and no filter except on partition columns (which is
+//! evaluated on the partition values), grouped by partition columns only,
 //! whose aggregates are all `count(*)` (or `count` of a non-null literal) without `DISTINCT`,
 //! `FILTER` or ordering; and only when every file in the snapshot has a row count and no
 //! deletion vector. Anything else runs as DataFusion plans it.
@@ -16,12 +17,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringArray};
+use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
-use datafusion::common::ScalarValue;
+use arrow::datatypes::{DataType, Schema};
 use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::ExecutionProps;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan};
+use datafusion::physical_expr::create_physical_expr;
 use datafusion::prelude::{col, lit};
 use deltalake::DeltaTable;
 
@@ -90,6 +96,9 @@ fn from_log(
     if !scans_snapshot(scan, snapshot) || counts.rows.is_empty() {
         return Ok(None);
     }
+    let Some(kept) = partitions_kept(scan, counts)? else {
+        return Ok(None);
+    };
     // Which partition column each grouping expression is.
     let mut groups = Vec::with_capacity(aggregate.group_expr.len());
     for expr in &aggregate.group_expr {
@@ -107,9 +116,15 @@ fn from_log(
 
     // Sum the counts over the partition columns the query does not group by.
     let mut grouped: BTreeMap<Vec<Option<&str>>, u64> = BTreeMap::new();
-    for (values, rows) in &counts.rows {
-        let key = groups.iter().map(|&i| values[i].as_deref()).collect();
-        *grouped.entry(key).or_insert(0) += rows;
+    for ((values, rows), kept) in counts.rows.iter().zip(kept) {
+        if kept {
+            let key = groups.iter().map(|&i| values[i].as_deref()).collect();
+            *grouped.entry(key).or_insert(0) += rows;
+        }
+    }
+    if grouped.is_empty() {
+        // No partition passes the filters; DataFusion answers an empty input its own way.
+        return Ok(None);
     }
 
     // One literal row per group, typed like the aggregate's output.
@@ -118,12 +133,7 @@ fn from_log(
     for (position, field) in fields.iter().enumerate().take(groups.len()) {
         let text: StringArray = grouped.keys().map(|key| key[position]).collect();
         // A value the column's type cannot hold leaves the query to DataFusion.
-        let strict = CastOptions {
-            safe: false,
-            ..CastOptions::default()
-        };
-        let Ok(typed): Result<ArrayRef, _> = cast_with_options(&text, field.data_type(), &strict)
-        else {
+        let Some(typed) = strict_cast(&text, field.data_type()) else {
             return Ok(None);
         };
         columns.push(
@@ -152,12 +162,79 @@ fn from_log(
     ))
 }
 
-/// Whether `scan` reads the snapshot's own table, unfiltered and unlimited.
+/// Whether `scan` reads the snapshot's own table, without a limit.
 fn scans_snapshot(scan: &TableScan, snapshot: &Snapshot) -> bool {
-    scan.filters.is_empty()
-        && scan.fetch.is_none()
+    scan.fetch.is_none()
         && source_as_provider(&scan.source)
             .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
+}
+
+/// Which entries of `counts.rows` the scan's filters keep, in order; None when a filter refers
+/// to anything but partition columns, or a partition value does not fit its column's type.
+fn partitions_kept(
+    scan: &TableScan,
+    counts: &PartitionCounts,
+) -> datafusion::common::Result<Option<Vec<bool>>> {
+    let Some(filter) = conjunction(scan.filters.iter().cloned()) else {
+        return Ok(Some(vec![true; counts.rows.len()]));
+    };
+    // Evaluated once per partition instead of once per row, the filter must depend on the
+    // partition values alone: no other column, no subquery, nothing volatile like `random()`.
+    let only_partitions = filter
+        .column_refs()
+        .iter()
+        .all(|column| counts.columns.contains(&column.name));
+    let subquery = filter.exists(|e| {
+        Ok(matches!(
+            e,
+            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+        ))
+    })?;
+    if !only_partitions || subquery || filter.is_volatile() {
+        return Ok(None);
+    }
+    // The partition values as a batch typed like the table's columns, to evaluate the filter on.
+    let table = scan.source.schema();
+    let mut fields = Vec::with_capacity(counts.columns.len());
+    let mut arrays = Vec::with_capacity(counts.columns.len());
+    for (position, name) in counts.columns.iter().enumerate() {
+        let field = table.field_with_name(name)?;
+        let text: StringArray = counts
+            .rows
+            .keys()
+            .map(|key| key[position].as_deref())
+            .collect();
+        let Some(typed) = strict_cast(&text, field.data_type()) else {
+            return Ok(None);
+        };
+        fields.push(field.clone().with_nullable(true));
+        arrays.push(typed);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let schema = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &batch.schema())?;
+    // A filter that cannot be evaluated here is left to DataFusion.
+    let Ok(mask) = create_physical_expr(
+        &filter,
+        &schema,
+        &ExecutionProps::new(),
+        &PhysicalPlanningContext::default(),
+    )
+    .and_then(|predicate| predicate.evaluate(&batch)?.into_array(batch.num_rows())) else {
+        return Ok(None);
+    };
+    let Some(mask) = mask.as_boolean_opt() else {
+        return Ok(None);
+    };
+    Ok(Some(mask.iter().map(|keep| keep == Some(true)).collect()))
+}
+
+/// `text` cast to `to`, or None if a value does not fit (no silent nulls).
+fn strict_cast(text: &StringArray, to: &DataType) -> Option<ArrayRef> {
+    let strict = CastOptions {
+        safe: false,
+        ..CastOptions::default()
+    };
+    cast_with_options(text, to, &strict).ok()
 }
 
 /// Whether `expr` is `count(*)`: a plain count of a non-null literal.

@@ -169,8 +169,22 @@ async fn counts_by_day_come_from_the_log_and_match_a_scan() {
             "SELECT day, count(*) AS n FROM notifications WHERE id <> '20-0' GROUP BY day ORDER BY day",
             false,
         ),
+        // A filter on the partition alone is evaluated on the partition values.
         (
             "SELECT day, count(*) AS n FROM notifications WHERE day > DATE '2026-11-20' GROUP BY day ORDER BY day",
+            true,
+        ),
+        (
+            "SELECT count(*) AS n FROM notifications WHERE day IN (DATE '2026-11-20', DATE '2026-11-22')",
+            true,
+        ),
+        (
+            "SELECT day, count(*) AS n FROM notifications WHERE day > DATE '2026-11-20' AND id <> '21-1' GROUP BY day ORDER BY day",
+            false,
+        ),
+        (
+            "SELECT day, count(*) AS n FROM notifications \
+             WHERE day = (SELECT max(day) FROM notifications) GROUP BY day ORDER BY day",
             false,
         ),
         (
