@@ -17,9 +17,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
-use arrow::datatypes::{DataType, Schema};
+use arrow::datatypes::Schema;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::source_as_provider;
@@ -35,7 +35,7 @@ use crate::error::QueryError;
 use crate::replica::Snapshot;
 
 /// Rows per combination of partition values, from one version of the Delta log.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Debug)]
 pub struct PartitionCounts {
     /// The table's partition columns, in the log's order.
     pub columns: Vec<String>,
@@ -93,12 +93,9 @@ fn from_log(
     let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else {
         return Ok(None);
     };
-    if !scans_snapshot(scan, snapshot) || counts.rows.is_empty() {
+    if !scans_snapshot(scan, snapshot) {
         return Ok(None);
     }
-    let Some(kept) = partitions_kept(scan, counts)? else {
-        return Ok(None);
-    };
     // Which partition column each grouping expression is.
     let mut groups = Vec::with_capacity(aggregate.group_expr.len());
     for expr in &aggregate.group_expr {
@@ -113,13 +110,18 @@ fn from_log(
     if !aggregate.aggr_expr.iter().all(counts_rows) {
         return Ok(None);
     }
+    // Only now, for an aggregate of the right shape, type the partition values and filter them.
+    let Some((values, kept)) = partitions(scan, counts)? else {
+        return Ok(None);
+    };
 
-    // Sum the counts over the partition columns the query does not group by.
-    let mut grouped: BTreeMap<Vec<Option<&str>>, u64> = BTreeMap::new();
-    for ((values, rows), kept) in counts.rows.iter().zip(kept) {
+    // Sum the counts over the partition columns the query does not group by; each group keeps
+    // the index of one of its partitions, whose typed values become the group's key.
+    let mut grouped: BTreeMap<Vec<Option<&str>>, (usize, u64)> = BTreeMap::new();
+    for (index, ((key, rows), kept)) in counts.rows.iter().zip(kept).enumerate() {
         if kept {
-            let key = groups.iter().map(|&i| values[i].as_deref()).collect();
-            *grouped.entry(key).or_insert(0) += rows;
+            let key = groups.iter().map(|&i| key[i].as_deref()).collect();
+            grouped.entry(key).or_insert((index, 0)).1 += rows;
         }
     }
     if grouped.is_empty() {
@@ -127,27 +129,16 @@ fn from_log(
         return Ok(None);
     }
 
-    // One literal row per group, typed like the aggregate's output.
-    let fields = aggregate.schema.fields();
-    let mut columns: Vec<Vec<Expr>> = Vec::with_capacity(fields.len());
-    for (position, field) in fields.iter().enumerate().take(groups.len()) {
-        let text: StringArray = grouped.keys().map(|key| key[position]).collect();
-        // A value the column's type cannot hold leaves the query to DataFusion.
-        let Some(typed) = strict_cast(&text, field.data_type()) else {
-            return Ok(None);
-        };
-        columns.push(
-            (0..typed.len())
-                .map(|row| ScalarValue::try_from_array(&typed, row).map(lit))
-                .collect::<datafusion::common::Result<_>>()?,
-        );
+    // One literal row per group: its partition values, then its count once per aggregate.
+    let mut rows = Vec::with_capacity(grouped.len());
+    for &(index, count) in grouped.values() {
+        let mut row = groups
+            .iter()
+            .map(|&i| ScalarValue::try_from_array(values.column(i), index).map(lit))
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        row.extend(aggregate.aggr_expr.iter().map(|_| lit(count as i64)));
+        rows.push(row);
     }
-    for _ in &aggregate.aggr_expr {
-        columns.push(grouped.values().map(|&rows| lit(rows as i64)).collect());
-    }
-    let rows: Vec<Vec<Expr>> = (0..grouped.len())
-        .map(|row| columns.iter().map(|column| column[row].clone()).collect())
-        .collect();
 
     // Named and qualified exactly as the aggregate's output, so the plan above it still binds.
     let names = aggregate
@@ -169,14 +160,37 @@ fn scans_snapshot(scan: &TableScan, snapshot: &Snapshot) -> bool {
             .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
 }
 
-/// Which entries of `counts.rows` the scan's filters keep, in order; None when a filter refers
-/// to anything but partition columns, or a partition value does not fit its column's type.
-fn partitions_kept(
+/// The entries of `counts.rows` as a batch of partition values typed like the table's columns,
+/// and which of them the scan's filters keep. None when a partition value does not fit its
+/// column's type, or a filter cannot be decided from the partition values alone.
+fn partitions(
     scan: &TableScan,
     counts: &PartitionCounts,
-) -> datafusion::common::Result<Option<Vec<bool>>> {
+) -> datafusion::common::Result<Option<(RecordBatch, Vec<bool>)>> {
+    let table = scan.source.schema();
+    let mut fields = Vec::with_capacity(counts.columns.len());
+    let mut arrays = Vec::with_capacity(counts.columns.len());
+    for (position, name) in counts.columns.iter().enumerate() {
+        let field = table.field_with_name(name)?;
+        let text: StringArray = counts
+            .rows
+            .keys()
+            .map(|key| key[position].as_deref())
+            .collect();
+        let strict = CastOptions {
+            safe: false,
+            ..CastOptions::default()
+        };
+        let Ok(typed) = cast_with_options(&text, field.data_type(), &strict) else {
+            return Ok(None);
+        };
+        fields.push(field.clone().with_nullable(true));
+        arrays.push(typed);
+    }
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
     let Some(filter) = conjunction(scan.filters.iter().cloned()) else {
-        return Ok(Some(vec![true; counts.rows.len()]));
+        let all = vec![true; batch.num_rows()];
+        return Ok(Some((batch, all)));
     };
     // Evaluated once per partition instead of once per row, the filter must depend on the
     // partition values alone: no other column, no subquery, nothing volatile like `random()`.
@@ -193,24 +207,6 @@ fn partitions_kept(
     if !only_partitions || subquery || filter.is_volatile() {
         return Ok(None);
     }
-    // The partition values as a batch typed like the table's columns, to evaluate the filter on.
-    let table = scan.source.schema();
-    let mut fields = Vec::with_capacity(counts.columns.len());
-    let mut arrays = Vec::with_capacity(counts.columns.len());
-    for (position, name) in counts.columns.iter().enumerate() {
-        let field = table.field_with_name(name)?;
-        let text: StringArray = counts
-            .rows
-            .keys()
-            .map(|key| key[position].as_deref())
-            .collect();
-        let Some(typed) = strict_cast(&text, field.data_type()) else {
-            return Ok(None);
-        };
-        fields.push(field.clone().with_nullable(true));
-        arrays.push(typed);
-    }
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
     let schema = DFSchema::try_from_qualified_schema(scan.table_name.clone(), &batch.schema())?;
     // A filter that cannot be evaluated here is left to DataFusion.
     let Ok(mask) = create_physical_expr(
@@ -225,16 +221,8 @@ fn partitions_kept(
     let Some(mask) = mask.as_boolean_opt() else {
         return Ok(None);
     };
-    Ok(Some(mask.iter().map(|keep| keep == Some(true)).collect()))
-}
-
-/// `text` cast to `to`, or None if a value does not fit (no silent nulls).
-fn strict_cast(text: &StringArray, to: &DataType) -> Option<ArrayRef> {
-    let strict = CastOptions {
-        safe: false,
-        ..CastOptions::default()
-    };
-    cast_with_options(text, to, &strict).ok()
+    let kept = mask.iter().map(|keep| keep == Some(true)).collect();
+    Ok(Some((batch, kept)))
 }
 
 /// Whether `expr` is `count(*)`: a plain count of a non-null literal.
