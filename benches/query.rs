@@ -8,14 +8,14 @@
 //! BENCH_KEEP=1 cargo bench --bench query    # keep the generated table (its path is printed)
 //! ```
 //!
-//! The replica is a Delta table on local disk (`file://`), written by the consumer's own code
-//! in commits of 200,000 rows and then compacted, as the consumer's maintenance leaves closed
-//! days. A release `sluice query-handler` with the result cache off (`SLUICE_CACHE_BYTES=0`)
-//! answers each query once to warm up and then `BENCH_REPEAT` times; the time is the handler's
-//! own (`elapsed_ms`: planning, execution, encoding). DuckDB (`tests/analyst_suite.py bench`,
-//! the pinned duckdb, every core) reads the table's live Parquet files with the same SQL, warmed
-//! up the same way; its time is `execute` + `fetchall`. Both answers are also compared. Results
-//! go to `bench/README.md`.
+//! The replica is a Delta table on local disk (`file://`), written by the consumer's own code in
+//! commits of 200,000 rows and then compacted by the consumer's maintenance (at its default
+//! archival zstd level), as it leaves closed days. A release `sluice query-handler` with the result
+//! cache off (`SLUICE_CACHE_BYTES=0`) answers each query once to warm up and then `BENCH_REPEAT`
+//! times; the time is the handler's own (`elapsed_ms`: planning, execution, encoding). DuckDB
+//! (`tests/analyst_suite.py bench`, the pinned duckdb, every core) reads the table's live Parquet
+//! files with the same SQL, warmed up the same way; its time is `execute` + `fetchall`. Both
+//! answers are also compared. Results go to `bench/README.md`.
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -58,13 +58,18 @@ async fn main() {
         .unwrap();
     let started = Instant::now();
     analyst::load(&mut replica, "generated", 1..batches + 1, 20).await;
-    let (table, _) = replica
-        .table()
-        .clone()
-        .optimize()
-        .with_target_size(std::num::NonZeroU64::new(128 << 20).unwrap())
-        .await
-        .unwrap();
+    // Every generated day is closed: compact them all as the consumer's maintenance does.
+    let maintenance = sluice_consumer::maintenance::MaintenanceConfig {
+        concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+        ..sluice_consumer::Config::for_tests().maintenance()
+    };
+    let (table, _) = sluice_consumer::maintenance::maintain(
+        replica.table().clone(),
+        &maintenance,
+        chrono::NaiveDate::MAX,
+    )
+    .await
+    .unwrap();
     replica = Replica::open_or_create(table.table_url().clone(), Default::default())
         .await
         .unwrap();

@@ -12,6 +12,8 @@
 //! `Progress` (row-weighted, `/v1/stats`). Throughput is `sluice replay` rebuilding the replica
 //! from the master store alone, against the same-run reference: delta-rs's Python package
 //! writing the same rows, read from the NDJSON, as a Delta table (zstd) on local disk.
+//! Sizes are taken as appended (zstd 3) and again after `sluice maintain` has compacted the
+//! closed days of both tables at the archival zstd level (every generated day is before today).
 //! Results: `bench/README.md`.
 
 #[allow(dead_code)]
@@ -224,9 +226,27 @@ print(json.dumps(sizes))
             {}
         ],
     ]);
-    let stdout = support::run_python(["-c", live, &tables.to_string()]);
-    let sizes: Value = serde_json::from_slice(&stdout).unwrap();
-    let share = |name: &str| {
+    let sizes_now = || -> Value {
+        let stdout = support::run_python(["-c", live, &tables.to_string()]);
+        serde_json::from_slice(&stdout).unwrap()
+    };
+    let appended = sizes_now();
+
+    // Compaction of closed days, as the consumer's maintenance does once a day has ended (every
+    // generated day lies before today): one `sluice maintain` per table, on every core.
+    let compact_started = Instant::now();
+    for table in ["replica", "replica-replay"] {
+        let mut maintain = Sluice::spawn(
+            &["maintain", "--replica-path", table],
+            &s3.env(),
+            dir.path(),
+            &format!("maintain-{table}"),
+        );
+        assert_eq!(maintain.wait(), 0, "{}", maintain.log_text());
+    }
+    let compact_secs = compact_started.elapsed().as_secs_f64();
+    let compacted = sizes_now();
+    let share = |sizes: &Value, name: &str| {
         let bytes = sizes[name].as_u64().unwrap();
         format!(
             "{bytes} B ({:.1}% of raw)",
@@ -266,12 +286,27 @@ print(json.dumps(sizes))
         100.0 * master_bytes as f64 / raw_bytes as f64
     );
     println!(
-        "| replica as replicated live (Parquet, zstd) | {} |",
-        share("replica")
+        "| replica as replicated live (Parquet, zstd 3) | {} |",
+        share(&appended, "replica")
     );
     println!(
-        "| replica rebuilt by replay (larger files) | {} |",
-        share("replay")
+        "| replica rebuilt by replay (larger files, zstd 3) | {} |",
+        share(&appended, "replay")
     );
-    println!("| reference's Parquet | {} |", share("reference"));
+    println!(
+        "| replica after compaction of closed days (zstd archival level) | {} |",
+        share(&compacted, "replica")
+    );
+    println!(
+        "| replay after compaction of closed days | {} |",
+        share(&compacted, "replay")
+    );
+    println!(
+        "| compaction, both tables (`sluice maintain`, every core) | {:.0} rows/s |",
+        2.0 * total as f64 / compact_secs
+    );
+    println!(
+        "| reference's Parquet | {} |",
+        share(&appended, "reference")
+    );
 }

@@ -90,6 +90,15 @@ pub enum Command {
         #[command(flatten)]
         consumer: sluice_consumer::Config,
     },
+    /// Compacts the replica's closed days (rewriting them at the archival zstd level) and
+    /// vacuums it once, on every core, then exits. The consumer does the same every
+    /// --maintenance-interval-secs, one day at a time.
+    Maintain {
+        #[command(flatten)]
+        storage: StorageArgs,
+        #[command(flatten)]
+        consumer: sluice_consumer::Config,
+    },
     /// Rebuilds a replica from the master store alone, into a new table, then exits.
     Replay {
         #[command(flatten)]

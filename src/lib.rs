@@ -125,6 +125,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Maintain { storage, consumer } => {
+            let storage = open_storage(&storage.storage).await?;
+            let report = sluice_consumer::maintain_once(&storage, &consumer).await?;
+            tracing::info!(
+                ?report,
+                replica = consumer.replica_path,
+                "maintenance finished"
+            );
+            println!(
+                "compacted {} files into {}, vacuumed {} files in {}",
+                report.files_removed,
+                report.files_added,
+                report.files_deleted,
+                consumer.replica_path
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::All {
             storage,
             publisher,

@@ -59,6 +59,11 @@ pub struct Config {
     /// How often to compact closed partitions and vacuum (0: never).
     #[arg(long, env = "SLUICE_MAINTENANCE_INTERVAL_SECS", default_value_t = 600)]
     pub maintenance_interval_secs: u64,
+    /// zstd level at which compaction rewrites closed days (1-22). High levels cost CPU once per
+    /// day and save storage for as long as the day is kept; reads are as fast.
+    #[arg(long, env = "SLUICE_COMPACT_ZSTD_LEVEL", default_value_t = 16,
+          value_parser = clap::value_parser!(i32).range(1..=22))]
+    pub compact_zstd_level: i32,
     /// Vacuum keeps files that snapshots younger than this may read.
     #[arg(long, env = "SLUICE_VACUUM_RETENTION_HOURS", default_value_t = 168)]
     pub vacuum_retention_hours: u64,
@@ -73,6 +78,7 @@ impl Config {
             replicate_max_age_ms: 200,
             list_interval_secs: 2,
             maintenance_interval_secs: 0,
+            compact_zstd_level: 16,
             vacuum_retention_hours: 168,
         }
     }
@@ -87,12 +93,16 @@ impl Config {
         }
     }
 
-    fn maintenance(&self) -> MaintenanceConfig {
+    /// Maintenance beside replication: one partition at a time, so compaction takes one core
+    /// from the replicator at most.
+    pub fn maintenance(&self) -> MaintenanceConfig {
         MaintenanceConfig {
             interval: (self.maintenance_interval_secs > 0)
                 .then(|| Duration::from_secs(self.maintenance_interval_secs)),
             retention: Duration::from_secs(self.vacuum_retention_hours * 3600),
             target_file_bytes: 128 << 20,
+            zstd_level: self.compact_zstd_level,
+            concurrency: 1,
         }
     }
 }
@@ -210,4 +220,20 @@ pub async fn replay(
     );
     replicator.list_master().await?;
     replicator.replicate_ready().await
+}
+
+/// One maintenance pass over the replica now, on every core: what `sluice maintain` runs, e.g.
+/// after a backfill or a replay.
+pub async fn maintain_once(
+    storage: &Storage,
+    config: &Config,
+) -> anyhow::Result<maintenance::MaintenanceReport> {
+    let replica = open_replica(storage, &config.replica_path).await?;
+    let maintenance = MaintenanceConfig {
+        concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+        ..config.maintenance()
+    };
+    let today = chrono::Utc::now().date_naive();
+    let (_, report) = maintenance::maintain(replica.table().clone(), &maintenance, today).await?;
+    Ok(report)
 }

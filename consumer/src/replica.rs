@@ -22,9 +22,10 @@ use url::Url;
 
 use crate::schema::{PARTITION_COLUMN, delta_columns};
 
-/// zstd level of the replica's Parquet files. Level 9 made files about 5% smaller than level 3 but
-/// slowed replication enough to hurt freshness (bench/README.md); compaction recompresses.
-const REPLICA_ZSTD_LEVEL: i32 = 3;
+/// zstd level of the Parquet files replication appends. Level 9 made files about 5% smaller than
+/// level 3 but slowed replication enough to hurt freshness (bench/README.md); compaction of
+/// closed days recompresses at [`crate::Config::compact_zstd_level`].
+pub const REPLICA_ZSTD_LEVEL: i32 = 3;
 
 /// Where the replica lives inside the store, unless told otherwise.
 pub const DEFAULT_REPLICA_PATH: &str = "replica";
@@ -69,9 +70,9 @@ pub fn table_location(
 /// columns that grow with arrival order (`received_at`, `batch_row`). Their dictionaries would
 /// hold nearly every value; their deltas are small (about 2% smaller files in an experiment on
 /// the replication benchmark's data shape, bench/README.md).
-pub fn writer_properties() -> Result<WriterProperties, DeltaTableError> {
+pub fn writer_properties(zstd_level: i32) -> Result<WriterProperties, DeltaTableError> {
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(REPLICA_ZSTD_LEVEL)?));
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?));
     for column in ["received_at", "batch_row"] {
         let path = ColumnPath::from(column);
         builder = builder
@@ -142,7 +143,7 @@ impl Replica {
                 Transaction::new_with_last_update(producer, *sequence as i64, Some(now_ms))
             })
             .collect();
-        let writer = writer_properties()?;
+        let writer = writer_properties(REPLICA_ZSTD_LEVEL)?;
         let table = self
             .table
             .clone()

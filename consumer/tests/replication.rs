@@ -218,6 +218,8 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         interval: None,
         retention: std::time::Duration::ZERO,
         target_file_bytes: 128 << 20,
+        zstd_level: 16,
+        concurrency: 1,
     };
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
     let (_, report) = maintain(replica.table().clone(), &config, today)
@@ -233,6 +235,83 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         "vacuum removed the compacted files: {report:?}"
     );
     assert_eq!(count(&setup).await, (240, 240));
+}
+
+/// Rows with text of random words and random ids, as in real traffic: what the zstd level acts on.
+fn wordy_records(sequence: u64, rows: usize) -> Vec<Notification> {
+    let mut state = sequence.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let words: Vec<String> = (0..2_000).map(|i| format!("w{:x}", i * 7_919)).collect();
+    records("prod-a", sequence, rows, 0)
+        .iter()
+        .map(|record| {
+            let mut record = record.clone();
+            record.id = format!("{:016x}", next());
+            let text: Vec<&str> = (0..4 + next() % 26)
+                .map(|_| words[(next() % 2_000) as usize].as_str())
+                .collect();
+            record.text = Some(text.join(" "));
+            record
+        })
+        .collect()
+}
+
+/// Compacts a closed day made of four appended files at `zstd_level` and returns the compacted
+/// table's bytes and row count.
+async fn compacted_bytes(zstd_level: i32) -> (u64, i64) {
+    let setup = setup().await;
+    let mut replicator = replicator(&setup).await;
+    for sequence in 1..=4u64 {
+        let rows: Arc<[Notification]> = wordy_records(sequence, 2_000).into();
+        setup
+            .master
+            .write_segment("prod-a", sequence, rows)
+            .await
+            .unwrap();
+        replicator.list_master().await.unwrap();
+        replicator.replicate_ready().await.unwrap();
+    }
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let config = MaintenanceConfig {
+        interval: None,
+        retention: std::time::Duration::from_secs(3_600),
+        target_file_bytes: 128 << 20,
+        zstd_level,
+        concurrency: 1,
+    };
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let (table, report) = maintain(replica.table().clone(), &config, today)
+        .await
+        .unwrap();
+    assert_eq!((report.files_removed, report.files_added), (4, 1));
+    let bytes = table
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| {
+            let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+            std::fs::metadata(path).unwrap().len()
+        })
+        .sum();
+    (bytes, count(&setup).await.0)
+}
+
+#[tokio::test]
+async fn compaction_rewrites_closed_days_at_the_archival_zstd_level() {
+    let (as_appended, rows) = compacted_bytes(sluice_consumer::replica::REPLICA_ZSTD_LEVEL).await;
+    assert_eq!(rows, 8_000);
+    let archival = sluice_consumer::Config::for_tests().compact_zstd_level;
+    let (archived, rows) = compacted_bytes(archival).await;
+    assert_eq!(rows, 8_000);
+    assert!(
+        (archived as f64) < 0.95 * as_appended as f64,
+        "zstd {archival}: {archived} B, zstd {}: {as_appended} B",
+        sluice_consumer::replica::REPLICA_ZSTD_LEVEL
+    );
 }
 
 #[tokio::test]
