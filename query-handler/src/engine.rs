@@ -21,14 +21,14 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
-use crate::counts;
 use crate::error::QueryError;
 use crate::replica::Snapshot;
+use crate::{counts, regroup};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
 
-/// Limits on one query.
+/// Limits and settings of one query.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Memory DataFusion may reserve for the query's operators (sorts, joins, aggregates).
@@ -37,6 +37,8 @@ pub struct Limits {
     pub max_result_bytes: usize,
     /// DataFusion's settings for every query.
     pub session: SessionConfig,
+    /// Columns with few distinct values, which aggregates group by first ([`regroup`]).
+    pub low_cardinality: Arc<[String]>,
 }
 
 /// A query's answer.
@@ -123,6 +125,7 @@ pub async fn execute(
     let cacheable = !calls_changing_functions(&plan)?;
     let state = ctx.state();
     let plan = counts::answer_from_log(state.optimize(&plan)?, &snapshot)?;
+    let plan = regroup::regroup(plan, &limits.low_cardinality)?;
     let physical = state
         .query_planner()
         .create_physical_plan(&plan, &state)

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod lookup;
 pub mod queries;
+pub mod regroup;
 pub mod replica;
 
 use std::future::Future;
@@ -78,6 +79,16 @@ pub struct Config {
     /// How often to look for a new replica version.
     #[arg(long, env = "SLUICE_REPLICA_REFRESH_MS", default_value_t = 1_000)]
     pub replica_refresh_ms: u64,
+    /// Columns with few distinct values: an aggregate that reads them per row (a pivot, a
+    /// `count(DISTINCT type)`) first groups the rows by them. Answers are the same either way;
+    /// empty turns the rewrite off.
+    #[arg(
+        long,
+        env = "SLUICE_LOW_CARDINALITY_COLUMNS",
+        value_delimiter = ',',
+        default_value = "platform,type,lang"
+    )]
+    pub low_cardinality_columns: Vec<String>,
 }
 
 impl Config {
@@ -92,6 +103,7 @@ impl Config {
             cache_bytes: 64 << 20,
             cache_ttl_secs: 300,
             replica_refresh_ms: 100,
+            low_cardinality_columns: ["platform", "type", "lang"].map(String::from).to_vec(),
         }
     }
 
@@ -121,6 +133,7 @@ impl Config {
             max_result_rows: self.query_max_result_rows,
             max_result_bytes: self.query_max_result_bytes,
             session,
+            low_cardinality: self.low_cardinality_columns.clone().into(),
         })
     }
 }

@@ -1,5 +1,6 @@
 //! How the handler reads a real Delta table in a directory: a filter on the `day` partition
-//! reads only that day's files, and row counts by day come from the log without reading any.
+//! reads only that day's files, row counts by day come from the log without reading any, and
+//! aggregates over low-cardinality columns are grouped by them first, with the same answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,9 +15,9 @@ use sluice_consumer::replica::Replica;
 use sluice_consumer::schema::to_record_batch;
 use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
-use sluice_query_handler::counts;
 use sluice_query_handler::engine::{self, Limits};
 use sluice_query_handler::replica::{ReplicaView, Snapshot};
+use sluice_query_handler::{counts, regroup};
 
 fn on_day(day: u32, id: usize) -> Notification {
     Notification::from_json(
@@ -30,13 +31,18 @@ fn on_day(day: u32, id: usize) -> Notification {
 
 /// A table of 100 notifications over 20–22 November, in two commits; its view, refreshed.
 async fn three_days(dir: &std::path::Path) -> ReplicaView {
+    table_of(dir, |i| on_day(20 + (i % 3) as u32, i)).await
+}
+
+/// A table of 100 notifications made by `record`, in two commits; its view, refreshed.
+async fn table_of(dir: &std::path::Path, record: impl Fn(usize) -> Notification) -> ReplicaView {
     std::fs::create_dir(dir.join("replica")).unwrap();
     let url = url::Url::from_directory_path(dir.join("replica")).unwrap();
     let mut replica = Replica::open_or_create(url.clone(), HashMap::new())
         .await
         .unwrap();
     for (sequence, ids) in [(1, 0..60), (2, 60..100)] {
-        let records: Vec<Notification> = ids.map(|i| on_day(20 + (i % 3) as u32, i)).collect();
+        let records: Vec<Notification> = ids.map(&record).collect();
         let segment = Segment {
             header: SegmentHeader {
                 producer: "test".into(),
@@ -65,6 +71,7 @@ fn limits() -> Limits {
         max_result_rows: 1_000,
         max_result_bytes: 1 << 20,
         session: SessionConfig::new().with_target_partitions(2),
+        low_cardinality: Arc::from([]),
     }
 }
 
@@ -101,8 +108,12 @@ async fn a_day_filter_reads_only_that_days_files() {
 
 /// Runs `sql` through the handler's engine and decodes the answer into one batch's columns.
 async fn answer(sql: &str, snapshot: &Arc<Snapshot>) -> Vec<ArrayRef> {
+    answer_with(sql, snapshot, limits()).await
+}
+
+async fn answer_with(sql: &str, snapshot: &Arc<Snapshot>, limits: Limits) -> Vec<ArrayRef> {
     let parsed = engine::parse(sql).unwrap();
-    let answer = engine::execute(parsed.statement, snapshot.clone(), limits())
+    let answer = engine::execute(parsed.statement, snapshot.clone(), limits)
         .await
         .unwrap();
     let reader = StreamReader::try_new(answer.ipc.as_slice(), None).unwrap();
@@ -219,4 +230,154 @@ async fn counts_by_day_come_from_the_log_and_match_a_scan() {
         arrow::util::display::array_value_to_string(&columns[0], 0).unwrap(),
         "2026-11-20"
     );
+}
+
+/// Notifications of three platforms and four types, some without `lang`, `post_id` or text.
+fn varied(i: usize) -> Notification {
+    let platform = ["a", "b", "c"][i % 3];
+    let kind = [
+        "post.liked",
+        "post.shared",
+        "post.created",
+        "reaction.added",
+    ][i % 4];
+    let lang = match i % 5 {
+        0 => String::new(),
+        1 => r#","lang":"de""#.to_string(),
+        _ => r#","lang":"en""#.to_string(),
+    };
+    let text = if i.is_multiple_of(7) {
+        String::new()
+    } else {
+        format!(r#","text":"t{}""#, i % 11)
+    };
+    Notification::from_json(
+        &format!(
+            r#"{{"platform":"{platform}","id":"n{i}","type":"{kind}","occurred_at":"2026-11-2{}T10:{:02}:00Z","post_id":"p{}"{lang}{text},"metrics":{{"likes":{i}}}}}"#,
+            i % 3,
+            i % 60,
+            i % 13
+        ),
+        0,
+    )
+    .unwrap()
+}
+
+/// How many aggregates the optimized plan of `sql` has once low-cardinality columns are
+/// grouped first.
+async fn aggregates(sql: &str, snapshot: &Snapshot, low_cardinality: &[String]) -> usize {
+    let ctx = engine::session(snapshot, &limits()).unwrap();
+    let state = ctx.state();
+    let plan = state.create_logical_plan(sql).await.unwrap();
+    let plan = regroup::regroup(state.optimize(&plan).unwrap(), low_cardinality).unwrap();
+    let mut count = 0;
+    plan.apply(|node| {
+        count += usize::from(matches!(node, LogicalPlan::Aggregate(_)));
+        Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    count
+}
+
+#[tokio::test]
+async fn aggregates_over_low_cardinality_columns_group_by_them_first_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    let low_cardinality: Vec<String> = ["platform", "type", "lang"].map(String::from).into();
+    let with_rewrite = Limits {
+        low_cardinality: low_cardinality.clone().into(),
+        ..limits()
+    };
+
+    for (sql, rewritten) in [
+        // The pivot of the analyst suite, with a FILTER on a pattern.
+        (
+            "SELECT platform, \
+                    sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked, \
+                    sum(CASE WHEN type = 'post.shared' THEN 1 ELSE 0 END) AS shared, \
+                    count(*) FILTER (WHERE type NOT LIKE 'post.%') AS other \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            true,
+        ),
+        // Other columns' aggregates are computed per inner group, then combined.
+        (
+            "SELECT platform, \
+                    sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked, \
+                    count(text) AS texts, count(*) FILTER (WHERE text = 't3') AS t3, \
+                    min(occurred_at) AS first_at, max(metrics['likes']) AS most, \
+                    sum(metrics['likes']) AS likes, count(lang) AS langs, \
+                    count(DISTINCT lang) AS distinct_langs, max(lang) AS last_lang \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            true,
+        ),
+        // No groups; a CASE without ELSE, whose sum is null where nothing matched.
+        (
+            "SELECT count(*) FILTER (WHERE type LIKE 'post.%') AS posts, \
+                    count(DISTINCT lang) AS langs, \
+                    sum(CASE WHEN lang = 'fr' THEN 1 END) AS french, \
+                    sum(CASE WHEN lang = 'en' THEN 2 END) AS english \
+             FROM notifications",
+            true,
+        ),
+        // No rows: counts are 0, sums and minimums null, as without the rewrite.
+        (
+            "SELECT count(*) FILTER (WHERE type LIKE 'post.%') AS posts, count(post_id) AS posts_ids, \
+                    sum(CASE WHEN lang = 'en' THEN 1 ELSE 0 END) AS english, min(text) AS first_text \
+             FROM notifications WHERE id = 'none'",
+            true,
+        ),
+        // A computed group, a HAVING and an ORDER BY on an aggregate.
+        (
+            "SELECT upper(platform) AS p, \
+                    count(*) FILTER (WHERE type <> 'post.liked') AS not_liked, \
+                    sum(CASE WHEN lang IS NULL THEN 1 ELSE 0 END) AS without_lang \
+             FROM notifications GROUP BY upper(platform) \
+             HAVING count(*) FILTER (WHERE type <> 'post.liked') > 0 \
+             ORDER BY not_liked DESC, p",
+            true,
+        ),
+        // A DISTINCT over another column cannot be combined from groups.
+        (
+            "SELECT platform, count(DISTINCT text) AS texts, \
+                    sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            false,
+        ),
+        // A float sum would round differently; an average is not combined.
+        (
+            "SELECT platform, sum(CASE WHEN type = 'post.liked' THEN 0.5 ELSE 0 END) AS half \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            false,
+        ),
+        (
+            "SELECT platform, avg(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS share \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            false,
+        ),
+        // Nothing per row to save: grouping by more columns would cost what it saves.
+        (
+            "SELECT platform, count(DISTINCT type) AS types, count(*) FILTER (WHERE lang IS NULL) AS n \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            false,
+        ),
+        // Something volatile is evaluated per row.
+        (
+            "SELECT platform, sum(CASE WHEN random() < 2 AND type = 'post.liked' THEN 1 ELSE 0 END) AS liked \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            false,
+        ),
+    ] {
+        let before = aggregates(sql, &snapshot, &[]).await;
+        let after = aggregates(sql, &snapshot, &low_cardinality).await;
+        assert_eq!(
+            after > before,
+            rewritten,
+            "{sql}: {before} → {after} aggregates"
+        );
+        let regrouped = answer_with(sql, &snapshot, with_rewrite.clone()).await;
+        let plain = answer(sql, &snapshot).await;
+        assert_eq!(regrouped, plain, "{sql}");
+        assert!(!plain.is_empty() && !plain[0].is_empty(), "{sql}");
+    }
 }
