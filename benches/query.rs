@@ -59,10 +59,9 @@ async fn main() {
     let started = Instant::now();
     analyst::load(&mut replica, "generated", 1..batches + 1, 20).await;
     // Every generated day is closed: compact them all as the consumer's maintenance does.
-    let maintenance = sluice_consumer::maintenance::MaintenanceConfig {
-        concurrency: std::thread::available_parallelism().map_or(1, usize::from),
-        ..sluice_consumer::Config::for_tests().maintenance()
-    };
+    let maintenance = sluice_consumer::Config::for_tests()
+        .maintenance()
+        .on_every_core();
     let (table, _) = sluice_consumer::maintenance::maintain(
         replica.table().clone(),
         &maintenance,

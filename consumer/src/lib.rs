@@ -229,10 +229,7 @@ pub async fn maintain_once(
     config: &Config,
 ) -> anyhow::Result<maintenance::MaintenanceReport> {
     let replica = open_replica(storage, &config.replica_path).await?;
-    let maintenance = MaintenanceConfig {
-        concurrency: std::thread::available_parallelism().map_or(1, usize::from),
-        ..config.maintenance()
-    };
+    let maintenance = config.maintenance().on_every_core();
     let today = chrono::Utc::now().date_naive();
     let (_, report) = maintenance::maintain(replica.table().clone(), &maintenance, today).await?;
     Ok(report)

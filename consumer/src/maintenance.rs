@@ -32,6 +32,17 @@ pub struct MaintenanceConfig {
     pub concurrency: usize,
 }
 
+impl MaintenanceConfig {
+    /// The same pass with every core rewriting partitions: for a one-off pass with nothing
+    /// else to share the cores with (`sluice maintain`, benchmarks).
+    pub fn on_every_core(self) -> Self {
+        MaintenanceConfig {
+            concurrency: std::thread::available_parallelism().map_or(1, usize::from),
+            ..self
+        }
+    }
+}
+
 /// What one maintenance pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MaintenanceReport {

@@ -278,11 +278,8 @@ async fn compacted_bytes(zstd_level: i32) -> (u64, i64) {
     }
     let replica = open_replica(&setup.storage, "replica").await.unwrap();
     let config = MaintenanceConfig {
-        interval: None,
-        retention: std::time::Duration::from_secs(3_600),
-        target_file_bytes: 128 << 20,
         zstd_level,
-        concurrency: 1,
+        ..sluice_consumer::Config::for_tests().maintenance()
     };
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
     let (table, report) = maintain(replica.table().clone(), &config, today)

@@ -125,12 +125,17 @@ async fn answer_with(sql: &str, snapshot: &Arc<Snapshot>, limits: Limits) -> Vec
         .to_vec()
 }
 
-/// Whether the optimized plan of `sql` still scans the table once counts are taken from the log.
-async fn scans(sql: &str, snapshot: &Snapshot) -> bool {
+/// The plan of `sql` as DataFusion's optimizer leaves it, before the handler's own rewrites.
+async fn optimized(sql: &str, snapshot: &Snapshot) -> LogicalPlan {
     let ctx = engine::session(snapshot, &limits()).unwrap();
     let state = ctx.state();
     let plan = state.create_logical_plan(sql).await.unwrap();
-    let plan = counts::answer_from_log(state.optimize(&plan).unwrap(), snapshot).unwrap();
+    state.optimize(&plan).unwrap()
+}
+
+/// Whether the optimized plan of `sql` still scans the table once counts are taken from the log.
+async fn scans(sql: &str, snapshot: &Snapshot) -> bool {
+    let plan = counts::answer_from_log(optimized(sql, snapshot).await, snapshot).unwrap();
     plan.exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_))))
         .unwrap()
 }
@@ -266,10 +271,7 @@ fn varied(i: usize) -> Notification {
 /// How many aggregates the optimized plan of `sql` has once low-cardinality columns are
 /// grouped first.
 async fn aggregates(sql: &str, snapshot: &Snapshot, low_cardinality: &[String]) -> usize {
-    let ctx = engine::session(snapshot, &limits()).unwrap();
-    let state = ctx.state();
-    let plan = state.create_logical_plan(sql).await.unwrap();
-    let plan = regroup::regroup(state.optimize(&plan).unwrap(), low_cardinality).unwrap();
+    let plan = regroup::regroup(optimized(sql, snapshot).await, low_cardinality).unwrap();
     let mut count = 0;
     plan.apply(|node| {
         count += usize::from(matches!(node, LogicalPlan::Aggregate(_)));
