@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{counts, regroup};
+use crate::{counts, kernels, regroup};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -126,6 +126,7 @@ pub async fn execute(
     let state = ctx.state();
     let plan = counts::answer_from_log(state.optimize(&plan)?, &snapshot)?;
     let plan = regroup::regroup(plan, &limits.low_cardinality)?;
+    let plan = kernels::use_faster_kernels(plan)?;
     let physical = state
         .query_planner()
         .create_physical_plan(&plan, &state)

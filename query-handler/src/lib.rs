@@ -19,6 +19,7 @@ pub mod cache;
 pub mod counts;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod lookup;
 pub mod queries;
 pub mod regroup;

@@ -1,6 +1,7 @@
 //! How the handler reads a real Delta table in a directory: a filter on the `day` partition
-//! reads only that day's files, row counts by day come from the log without reading any, and
-//! aggregates over low-cardinality columns are grouped by them first, with the same answers.
+//! reads only that day's files, row counts by day come from the log without reading any,
+//! aggregates over low-cardinality columns are grouped by them first, and map lookups and `LIKE`
+//! run on the handler's own kernels, all with the same answers.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -8,7 +9,9 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::ipc::reader::StreamReader;
 use datafusion::common::tree_node::TreeNode;
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::functions::core::getfield::GetFieldFunc;
+use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::{collect, displayable};
 use datafusion::prelude::SessionConfig;
 use sluice_consumer::replica::Replica;
@@ -17,7 +20,7 @@ use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 use sluice_query_handler::engine::{self, Limits};
 use sluice_query_handler::replica::{ReplicaView, Snapshot};
-use sluice_query_handler::{counts, regroup};
+use sluice_query_handler::{counts, kernels, regroup};
 
 fn on_day(day: u32, id: usize) -> Notification {
     Notification::from_json(
@@ -381,5 +384,87 @@ async fn aggregates_over_low_cardinality_columns_group_by_them_first_with_the_sa
         let plain = answer(sql, &snapshot).await;
         assert_eq!(regrouped, plain, "{sql}");
         assert!(!plain.is_empty() && !plain[0].is_empty(), "{sql}");
+    }
+}
+
+/// Notifications whose `attributes` take six values (or none) and whose `metrics` hold some of
+/// three keys in varying order (or none).
+fn with_attributes_and_metrics(i: usize) -> Notification {
+    let attributes = match i % 7 {
+        0 => String::new(),
+        n => format!(
+            r#","attributes":{{"client":"{}","v":{}}}"#,
+            ["web", "ios", "android"][n % 3],
+            n % 2
+        ),
+    };
+    let metrics = match i % 5 {
+        0 => String::new(),
+        1 => format!(r#","metrics":{{"likes":{i}}}"#),
+        2 => format!(r#","metrics":{{"shares":{},"likes":{i}}}"#, i % 4),
+        3 => format!(r#","metrics":{{"comments":{},"shares":{}}}"#, i % 6, i % 3),
+        _ => r#","metrics":{}"#.to_string(),
+    };
+    Notification::from_json(
+        &format!(
+            r#"{{"platform":"{}","id":"m{i}","type":"post.liked","occurred_at":"2026-11-20T10:00:00Z"{attributes}{metrics}}}"#,
+            ["a", "b"][i % 2]
+        ),
+        0,
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn map_lookups_and_patterns_run_on_the_faster_kernels_with_datafusions_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), with_attributes_and_metrics).await;
+    let snapshot = view.current().unwrap();
+
+    for sql in [
+        "SELECT platform, \
+                count(*) FILTER (WHERE attributes LIKE '%\"client\":\"web\"%') AS web, \
+                count(*) FILTER (WHERE attributes NOT LIKE '%\"v\":1%') AS not_v1, \
+                count(*) FILTER (WHERE attributes ILIKE '%IOS%') AS ios, \
+                sum(metrics['likes']) AS likes, \
+                count(metrics['shares']) AS with_shares, \
+                max(metrics['comments']) AS most_comments \
+         FROM notifications GROUP BY platform ORDER BY platform",
+        "SELECT id, attributes LIKE '%android%' AS android, metrics['shares'] AS shares \
+         FROM notifications WHERE metrics['likes'] IS NULL ORDER BY id",
+    ] {
+        let plan = kernels::use_faster_kernels(optimized(sql, &snapshot).await).unwrap();
+        // Scans keep their pushed-down filters as DataFusion planned them.
+        let calls = |wanted: &dyn Fn(&ScalarFunction) -> bool| {
+            let in_node = |node: &LogicalPlan| {
+                !matches!(node, LogicalPlan::TableScan(_))
+                    && node.expressions().iter().any(|expr| {
+                        expr.exists(|e| Ok(matches!(e, Expr::ScalarFunction(c) if wanted(c))))
+                            .unwrap()
+                    })
+            };
+            plan.exists(|node| Ok(in_node(node))).unwrap()
+        };
+        assert!(calls(&|call| call.name() == "like_once_per_value"), "{sql}");
+        // The map lookups keep their name but not DataFusion's kernel.
+        assert!(calls(&|call| call.name() == "get_field"), "{sql}");
+        assert!(
+            !calls(&|call| call.func.inner().is::<GetFieldFunc>()),
+            "{sql}"
+        );
+        let like = |node: &LogicalPlan| {
+            node.expressions()
+                .iter()
+                .any(|e| matches!(e, Expr::Like(_)))
+        };
+        assert!(!plan.exists(|node| Ok(like(node))).unwrap(), "{sql}");
+
+        // The same query on a plain DataFusion session, which runs DataFusion's own kernels.
+        let ctx = engine::session(&snapshot, &limits()).unwrap();
+        let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+        let expected = arrow::compute::concat_batches(&expected[0].schema(), &expected).unwrap();
+        let got = answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 0, "{sql}");
+        assert_eq!(got, expected.columns(), "{sql}");
     }
 }
