@@ -125,10 +125,17 @@ impl Config {
     /// once here so that a bad value stops the start instead of failing every query; the
     /// partitions always follow the query threads.
     fn limits(&self) -> anyhow::Result<Limits> {
-        let session = datafusion::prelude::SessionConfig::from_env()
+        let mut session = datafusion::prelude::SessionConfig::from_env()
             .map_err(|e| anyhow::anyhow!("a DATAFUSION_* setting is invalid: {e}"))?
             .with_target_partitions(self.threads())
             .with_information_schema(false);
+        // Joins of the replica with itself (created with deleted posts, authors with their
+        // posts) build on keys spread over the whole table, so the filter a hash join pushes
+        // into its probe side's scan prunes nothing and costs a lookup per row: 5–15% of those
+        // queries (bench/README.md). Its variable turns it back on.
+        if std::env::var_os(JOIN_DYNAMIC_FILTER).is_none() {
+            session.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+        }
         Ok(Limits {
             memory_bytes: self.query_memory_bytes,
             max_result_rows: self.query_max_result_rows,
@@ -138,6 +145,9 @@ impl Config {
         })
     }
 }
+
+/// DataFusion's variable for the dynamic filter of hash joins, off unless it is set.
+const JOIN_DYNAMIC_FILTER: &str = "DATAFUSION_OPTIMIZER_ENABLE_JOIN_DYNAMIC_FILTER_PUSHDOWN";
 
 /// The runtime queries run on, apart from the one serving gRPC.
 struct QueryRuntime(Option<tokio::runtime::Runtime>);
@@ -502,4 +512,19 @@ pub async fn serve(
         .await?;
     following.await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_joins_push_no_dynamic_filter_unless_asked() {
+        let limits = Config::for_tests().limits().unwrap();
+        let optimizer = &limits.session.options().optimizer;
+        // The variable is not set in tests; with it, DataFusion's own reading applies.
+        assert!(std::env::var_os(JOIN_DYNAMIC_FILTER).is_none());
+        assert!(!optimizer.enable_join_dynamic_filter_pushdown);
+        assert!(optimizer.enable_dynamic_filter_pushdown);
+    }
 }
