@@ -134,7 +134,10 @@ impl Config {
         // into its probe side's scan prunes nothing and costs a lookup per row: 5–15% of those
         // queries (bench/README.md). Its variable turns it back on.
         if std::env::var_os(JOIN_DYNAMIC_FILTER).is_none() {
-            session.options_mut().optimizer.enable_join_dynamic_filter_pushdown = false;
+            session
+                .options_mut()
+                .optimizer
+                .enable_join_dynamic_filter_pushdown = false;
         }
         Ok(Limits {
             memory_bytes: self.query_memory_bytes,
