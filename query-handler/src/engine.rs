@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{counts, kernels, regroup};
+use crate::{counts, kernels, pushdown, regroup};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -131,6 +131,7 @@ pub async fn execute(
         .query_planner()
         .create_physical_plan(&plan, &state)
         .await?;
+    let physical = pushdown::without_repeated_conditions(physical)?;
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();

@@ -21,6 +21,7 @@ pub mod engine;
 pub mod error;
 pub mod kernels;
 pub mod lookup;
+pub mod pushdown;
 pub mod queries;
 pub mod regroup;
 pub mod replica;

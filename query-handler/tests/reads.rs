@@ -3,16 +3,19 @@
 //! aggregates over low-cardinality columns are grouped by them first, and map lookups and `LIKE`
 //! run on the handler's own kernels, all with the same answers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::ipc::reader::StreamReader;
-use datafusion::common::tree_node::TreeNode;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::functions::core::getfield::GetFieldFunc;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::{collect, displayable};
+use datafusion::physical_expr::utils::split_conjunction;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionConfig;
 use sluice_consumer::replica::Replica;
 use sluice_consumer::schema::to_record_batch;
@@ -20,7 +23,7 @@ use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 use sluice_query_handler::engine::{self, Limits};
 use sluice_query_handler::replica::{ReplicaView, Snapshot};
-use sluice_query_handler::{counts, kernels, regroup};
+use sluice_query_handler::{counts, kernels, pushdown, regroup};
 
 fn on_day(day: u32, id: usize) -> Notification {
     Notification::from_json(
@@ -467,4 +470,58 @@ async fn map_lookups_and_patterns_run_on_the_faster_kernels_with_datafusions_ans
         assert!(expected.num_rows() > 0, "{sql}");
         assert_eq!(got, expected.columns(), "{sql}");
     }
+}
+
+/// The conditions of the Parquet scans' predicates in `plan`, in order.
+fn scan_conditions(plan: &Arc<dyn ExecutionPlan>) -> Vec<String> {
+    let mut conditions = Vec::new();
+    plan.apply(|node| {
+        if let Some(exec) = node.downcast_ref::<DataSourceExec>()
+            && let Some(config) = exec.data_source().downcast_ref::<FileScanConfig>()
+            && let Some(predicate) = config.file_source.filter()
+        {
+            conditions.extend(split_conjunction(&predicate).iter().map(|c| c.to_string()));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    conditions
+}
+
+#[tokio::test]
+async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    let sql = "SELECT platform, count(*) AS n, min(occurred_at) AS first_at FROM notifications \
+               WHERE type = 'post.liked' AND post_id IS NOT NULL \
+                 AND occurred_at BETWEEN TIMESTAMP '2026-11-20 10:05:00' AND TIMESTAMP '2026-11-21 10:40:00' \
+               GROUP BY platform ORDER BY platform";
+    let ctx = engine::session(&snapshot, &limits()).unwrap();
+    let planned = ctx
+        .sql(sql)
+        .await
+        .unwrap()
+        .create_physical_plan()
+        .await
+        .unwrap();
+    let rewritten = pushdown::without_repeated_conditions(planned.clone()).unwrap();
+
+    // The Delta scan and DataFusion's filter pushdown both hand the scan the WHERE clause.
+    let repeated = scan_conditions(&planned);
+    let once = scan_conditions(&rewritten);
+    assert_eq!(once.len(), 4, "{once:?}");
+    assert_eq!(repeated.len(), 2 * once.len(), "{repeated:?}");
+    assert_eq!(
+        repeated.iter().collect::<BTreeSet<_>>(),
+        once.iter().collect::<BTreeSet<_>>()
+    );
+
+    let expected = collect(planned, ctx.task_ctx()).await.unwrap();
+    let got = collect(rewritten, ctx.task_ctx()).await.unwrap();
+    assert!(expected.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
+    assert_eq!(got, expected);
+    // The handler's own run agrees.
+    let expected = arrow::compute::concat_batches(&expected[0].schema(), &expected).unwrap();
+    assert_eq!(answer(sql, &snapshot).await, expected.columns());
 }
