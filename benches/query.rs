@@ -11,13 +11,11 @@
 //! The replica is a Delta table on local disk (`file://`), written by the consumer's own code in
 //! commits of 200,000 rows and then compacted by the consumer's maintenance (at its default
 //! archival zstd level), as it leaves closed days. A release `sluice query-handler` with the result
-//! cache off (`SLUICE_CACHE_BYTES=0`) and DuckDB (`tests/analyst_suite.py`, the pinned duckdb,
-//! every core, reading the table's live Parquet files with the same SQL) first answer the whole
-//! suite once, and both answers are compared. Then, query by query, Sluice answers it once to
-//! warm up and `BENCH_REPEAT` timed times, and right after DuckDB does the same, so that the
-//! two engines' runs of a query are seconds apart on this noisy machine. Sluice's time is the
-//! handler's own (`elapsed_ms`: planning, execution, encoding); DuckDB's is `execute` +
-//! `fetchall`. Results go to `bench/README.md`.
+//! cache off (`SLUICE_CACHE_BYTES=0`) answers each query once to warm up and then `BENCH_REPEAT`
+//! times; the time is the handler's own (`elapsed_ms`: planning, execution, encoding). DuckDB
+//! (`tests/analyst_suite.py bench`, the pinned duckdb, every core) reads the table's live Parquet
+//! files with the same SQL, warmed up the same way; its time is `execute` + `fetchall`. Both
+//! answers are also compared. Results go to `bench/README.md`.
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -113,58 +111,42 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // A warm-up pass of the whole suite, whose answers are compared with DuckDB's.
+    // Sluice: a warm-up pass (whose answers are compared with DuckDB's), then timed passes.
     let (answers, _) = analyst::run_suite(api).await;
     let actual = dir.path().join("sluice.json");
     std::fs::write(&actual, answers.to_string()).unwrap();
-    let list = analyst::file_list(dir.path(), &files);
-    let expected = dir.path().join("duckdb.json");
-    support::run_python(vec![
-        analyst::SUITE_PY,
-        "run",
-        "--files",
-        list.to_str().unwrap(),
-        "--suite",
-        analyst::SUITE,
-        "--out",
-        expected.to_str().unwrap(),
-    ]);
-
-    // Then query by query, each engine in turn: Sluice answers it once more to warm up and
-    // `repeat` timed times, and right after, DuckDB does the same. The two engines' runs of a
-    // query are seconds apart, so a slow spell of the machine falls on both.
-    let mut sluice_ms: BTreeMap<String, f64> = BTreeMap::new();
-    let mut duckdb_ms: BTreeMap<String, f64> = BTreeMap::new();
-    let repeat_arg = repeat.to_string();
-    for (name, sql) in analyst::suite() {
-        let mut runs = Vec::with_capacity(repeat);
-        for run in 0..=repeat {
-            let (status, answer) = analyst::query(&client, api, json!({"sql": sql})).await;
-            assert!(status.is_success(), "{name}: {status} {answer}");
-            if run > 0 {
-                runs.push(answer["elapsed_ms"].as_f64().unwrap());
-            }
+    let mut sluice_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for _ in 0..repeat {
+        let (_, elapsed) = analyst::run_suite(api).await;
+        for (name, ms) in elapsed {
+            sluice_ms.entry(name).or_default().push(ms);
         }
-        sluice_ms.insert(name.clone(), median(&mut runs));
-        let timings = dir.path().join(format!("duckdb-{name}.json"));
-        support::run_python(vec![
-            analyst::SUITE_PY,
+    }
+
+    let list = analyst::file_list(dir.path(), &files);
+    let timings = dir.path().join("duckdb-timings.json");
+    let expected = dir.path().join("duckdb.json");
+    let repeat_arg = repeat.to_string();
+    for args in [
+        vec![
             "bench",
-            "--files",
-            list.to_str().unwrap(),
-            "--suite",
-            analyst::SUITE,
-            "--only",
-            &name,
             "--repeat",
             &repeat_arg,
             "--out",
             timings.to_str().unwrap(),
-        ]);
-        let timed: Value = serde_json::from_slice(&std::fs::read(&timings).unwrap()).unwrap();
-        duckdb_ms.insert(name.clone(), timed[&name]["median_ms"].as_f64().unwrap());
+        ],
+        vec!["run", "--out", expected.to_str().unwrap()],
+    ] {
+        let mut full = vec![
+            analyst::SUITE_PY,
+            args[0],
+            "--files",
+            list.to_str().unwrap(),
+        ];
+        full.extend(["--suite", analyst::SUITE]);
+        full.extend(&args[1..]);
+        support::run_python(full);
     }
-
     let compared = std::process::Command::new(support::python())
         .args([analyst::SUITE_PY, "compare", "--suite", analyst::SUITE])
         .arg("--expected")
@@ -175,6 +157,7 @@ async fn main() {
         .unwrap();
     let report = String::from_utf8_lossy(&compared.stdout);
     let verdict = report.lines().last().unwrap_or_default().to_string();
+    let duckdb: Value = serde_json::from_slice(&std::fs::read(&timings).unwrap()).unwrap();
 
     println!(
         "\n{rows} notifications, {} Parquet files, {} MB; {repeat} timed runs each, medians; answers: {verdict}\n",
@@ -187,7 +170,8 @@ async fn main() {
     let mut within = 0;
     let names: Vec<String> = analyst::suite().into_iter().map(|(n, _)| n).collect();
     for name in &names {
-        let (ours, theirs) = (sluice_ms[name], duckdb_ms[name]);
+        let ours = median(sluice_ms.get_mut(name).unwrap());
+        let theirs = duckdb[name]["median_ms"].as_f64().unwrap();
         let ratio = ours / theirs;
         log_ratio += ratio.ln();
         within += usize::from(ratio <= 1.0);

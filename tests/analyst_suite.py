@@ -250,9 +250,7 @@ def cmd_run(args):
 def cmd_bench(args):
     import duckdb
 
-    queries = [q for q in parse_suite(args.suite) if args.only in (None, q[0])]
-    if not queries:
-        raise SystemExit(f"no suite query is named {args.only}")
+    queries = parse_suite(args.suite)
     files = read_file_list(args.files)
     con = duckdb_connect(files, args.threads)
     total = con.execute("SELECT count(*) FROM notifications").fetchall()[0][0]
@@ -436,7 +434,6 @@ def main(argv=None):
     b.add_argument("--suite", required=True)
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--out", required=True)
-    b.add_argument("--only", default=None, help="time only the query of this name")
     b.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
 
     args = p.parse_args(argv)
