@@ -1,7 +1,8 @@
 //! How the handler reads a real Delta table in a directory: a filter on the `day` partition
 //! reads only that day's files, row counts by day come from the log without reading any,
-//! aggregates over low-cardinality columns are grouped by them first, and map lookups and `LIKE`
-//! run on the handler's own kernels, all with the same answers.
+//! aggregates over low-cardinality columns are grouped by them first, map lookups and `LIKE`
+//! run on the handler's own kernels, and a scan checks each condition of a filter once, all
+//! with the same answers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
