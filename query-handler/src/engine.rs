@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{counts, kernels, pushdown, regroup};
+use crate::{codes, counts, kernels, nulls, pushdown, regroup};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -124,8 +124,10 @@ pub async fn execute(
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
     let state = ctx.state();
-    let plan = counts::answer_from_log(state.optimize(&plan)?, &snapshot)?;
+    let plan = nulls::count_rows_for_columns_without_nulls(state.optimize(&plan)?, &snapshot)?;
+    let plan = counts::answer_from_log(plan, &snapshot)?;
     let plan = regroup::regroup(plan, &limits.low_cardinality)?;
+    let plan = codes::group_by_codes(plan, &limits.low_cardinality, &snapshot)?;
     let plan = kernels::use_faster_kernels(plan)?;
     let physical = state
         .query_planner()

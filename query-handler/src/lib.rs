@@ -16,11 +16,13 @@
 //! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
 
 pub mod cache;
+pub mod codes;
 pub mod counts;
 pub mod engine;
 pub mod error;
 pub mod kernels;
 pub mod lookup;
+pub mod nulls;
 pub mod pushdown;
 pub mod queries;
 pub mod regroup;

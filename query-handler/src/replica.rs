@@ -6,7 +6,7 @@
 //! isolation) while newer versions appear. The handler never writes the table: the consumer is
 //! its only committer, and the handler does not even create it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use url::Url;
 
 use crate::counts::PartitionCounts;
+use crate::nulls;
 
 /// One version of the replica, ready to query.
 pub struct Snapshot {
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub provider: Arc<dyn TableProvider>,
     /// Rows per partition from this version's log, when the log alone can say.
     pub counts: Option<Arc<PartitionCounts>>,
+    /// Columns that no file of this version holds a null in, by the log's statistics.
+    pub without_nulls: BTreeSet<String>,
 }
 
 pub struct ReplicaView {
@@ -75,10 +78,12 @@ impl ReplicaView {
         }
         let provider = table.table_provider().await?;
         let counts = PartitionCounts::of(table).map(Arc::new);
+        let without_nulls = nulls::columns_without_nulls(table);
         *self.current.write().expect("snapshot lock poisoned") = Some(Arc::new(Snapshot {
             version,
             provider,
             counts,
+            without_nulls,
         }));
         tracing::debug!(version, "replica snapshot loaded");
         Ok(Some(version))

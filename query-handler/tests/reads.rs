@@ -1,8 +1,9 @@
 //! How the handler reads a real Delta table in a directory: a filter on the `day` partition
 //! reads only that day's files, row counts by day come from the log without reading any,
 //! aggregates over low-cardinality columns are grouped by them first, map lookups and `LIKE`
-//! run on the handler's own kernels, and a scan checks each condition of a filter once, all
-//! with the same answers.
+//! run on the handler's own kernels, a scan checks each condition of a filter once, counts of
+//! columns without nulls count rows, and low-cardinality groups are numbered, all with the
+//! same answers.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -24,7 +25,7 @@ use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 use sluice_query_handler::engine::{self, Limits};
 use sluice_query_handler::replica::{ReplicaView, Snapshot};
-use sluice_query_handler::{counts, kernels, pushdown, regroup};
+use sluice_query_handler::{codes, counts, kernels, nulls, pushdown, regroup};
 
 fn on_day(day: u32, id: usize) -> Notification {
     Notification::from_json(
@@ -167,6 +168,7 @@ async fn counts_by_day_come_from_the_log_and_match_a_scan() {
         version: snapshot.version,
         provider: snapshot.provider.clone(),
         counts: None,
+        without_nulls: Default::default(),
     });
 
     for (sql, from_log) in [
@@ -525,4 +527,208 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
     // The handler's own run agrees.
     let expected = arrow::compute::concat_batches(&expected[0].schema(), &expected).unwrap();
     assert_eq!(answer(sql, &snapshot).await, expected.columns());
+}
+
+/// What a plain DataFusion session answers to `sql` on the snapshot's table, as one batch.
+async fn datafusions_answer(sql: &str, snapshot: &Snapshot) -> RecordBatch {
+    let ctx = engine::session(snapshot, &limits()).unwrap();
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// The columns the table scans of `plan` read.
+fn scanned_columns(plan: &LogicalPlan) -> BTreeSet<String> {
+    let mut columns = BTreeSet::new();
+    plan.apply(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            columns.extend(
+                scan.projected_schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().clone()),
+            );
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })
+    .unwrap();
+    columns
+}
+
+#[tokio::test]
+async fn counts_of_columns_the_log_says_have_no_nulls_count_rows_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    // `varied` always sets platform, id, type and post_id; lang and text are sometimes null.
+    for column in ["platform", "id", "type", "post_id", "occurred_at"] {
+        assert!(snapshot.without_nulls.contains(column), "{column}");
+    }
+    for column in ["lang", "text"] {
+        assert!(!snapshot.without_nulls.contains(column), "{column}");
+    }
+
+    for (sql, unread) in [
+        // `count(post_id)` counts rows: post_id is not read; lang has nulls and is.
+        (
+            "SELECT type, count(post_id) AS posts, count(lang) AS langs, count(*) AS n \
+             FROM notifications GROUP BY type ORDER BY type",
+            Some("post_id"),
+        ),
+        // Under a filter, with a FILTER clause of its own.
+        (
+            "SELECT platform, count(id) FILTER (WHERE lang = 'de') AS german \
+             FROM notifications WHERE type <> 'post.liked' GROUP BY platform ORDER BY platform",
+            Some("id"),
+        ),
+        // Behind an outer join, b.post_id is null where nothing matched: not rewritten.
+        (
+            "SELECT count(b.post_id) AS matched, count(*) AS n \
+             FROM notifications a LEFT JOIN notifications b ON a.id = b.post_id",
+            None,
+        ),
+        // A projection that makes nulls under the same name: not rewritten.
+        (
+            "SELECT count(post_id) AS german_posts FROM \
+             (SELECT CASE WHEN lang = 'de' THEN post_id END AS post_id FROM notifications) AS t",
+            None,
+        ),
+    ] {
+        let plan = optimized(sql, &snapshot).await;
+        let rewritten =
+            nulls::count_rows_for_columns_without_nulls(plan.clone(), &snapshot).unwrap();
+        if let Some(column) = unread {
+            assert!(scanned_columns(&plan).contains(column), "{sql}");
+            assert!(
+                !scanned_columns(&rewritten).contains(column),
+                "{sql}: {rewritten}"
+            );
+        } else {
+            assert_eq!(rewritten, plan, "{sql}");
+        }
+        let expected = datafusions_answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 0, "{sql}");
+        assert_eq!(answer(sql, &snapshot).await, expected.columns(), "{sql}");
+    }
+    let matched = answer(
+        "SELECT count(b.post_id) AS matched FROM notifications a \
+         LEFT JOIN notifications b ON a.id = b.post_id",
+        &snapshot,
+    )
+    .await;
+    assert_eq!(
+        matched[0].as_ref(),
+        &arrow::array::Int64Array::from(vec![0])
+    );
+
+    // Counted per day, the count of a column without nulls now comes from the log alone.
+    let sql = "SELECT day, count(post_id) AS posts FROM notifications GROUP BY day ORDER BY day";
+    let plan =
+        nulls::count_rows_for_columns_without_nulls(optimized(sql, &snapshot).await, &snapshot)
+            .unwrap();
+    let plan = counts::answer_from_log(plan, &snapshot).unwrap();
+    assert!(
+        !plan
+            .exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_))))
+            .unwrap()
+    );
+    assert_eq!(
+        answer(sql, &snapshot).await,
+        datafusions_answer(sql, &snapshot).await.columns()
+    );
+}
+
+/// Whether `plan` calls the function `name` anywhere.
+fn calls(plan: &LogicalPlan, name: &str) -> bool {
+    plan.exists(|node| {
+        Ok(node.expressions().iter().any(|expr| {
+            expr.exists(|e| Ok(matches!(e, Expr::ScalarFunction(c) if c.name() == name)))
+                .unwrap()
+        }))
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    let low_cardinality: Vec<String> = ["platform", "type", "lang"].map(String::from).into();
+    let with_rewrite = Limits {
+        low_cardinality: low_cardinality.clone().into(),
+        ..limits()
+    };
+
+    for (sql, numbered) in [
+        // The suite's count_by_type.
+        (
+            "SELECT type, count(*) AS n, count(post_id) AS posts, count(DISTINCT platform) AS platforms \
+             FROM notifications GROUP BY type ORDER BY type",
+            true,
+        ),
+        // Two numbered groups, one with nulls; min needs the strings themselves.
+        (
+            "SELECT platform, lang, count(*) AS n, count(DISTINCT type) AS types, \
+                    min(type) AS first_type, count(DISTINCT text) AS texts \
+             FROM notifications GROUP BY platform, lang ORDER BY platform, lang NULLS FIRST",
+            true,
+        ),
+        // A partition column next to a numbered one, under a filter, with HAVING.
+        (
+            "SELECT day, type, count(*) AS n, max(occurred_at) AS last_at \
+             FROM notifications WHERE platform <> 'b' GROUP BY day, type \
+             HAVING count(*) > 1 ORDER BY day, type",
+            true,
+        ),
+        // No groups: distinct counts of numbers, nulls not counted.
+        (
+            "SELECT count(DISTINCT platform) AS platforms, count(DISTINCT lang) AS langs, \
+                    count(*) AS n FROM notifications",
+            true,
+        ),
+        // A pivot: the regrouped inner aggregate is numbered.
+        (
+            "SELECT platform, sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked, \
+                    count(*) FILTER (WHERE type NOT LIKE 'post.%') AS other \
+             FROM notifications GROUP BY platform ORDER BY platform",
+            true,
+        ),
+        // Another string is hashed per row anyway.
+        (
+            "SELECT post_id, platform, count(*) AS n FROM notifications \
+             GROUP BY post_id, platform ORDER BY post_id, platform",
+            false,
+        ),
+        // A computed group.
+        (
+            "SELECT upper(type) AS t, count(*) AS n FROM notifications GROUP BY upper(type) ORDER BY t",
+            false,
+        ),
+        // Grouping sets.
+        (
+            "SELECT platform, type, count(*) AS n FROM notifications \
+             GROUP BY ROLLUP (platform, type) ORDER BY platform NULLS FIRST, type NULLS FIRST",
+            false,
+        ),
+        // Over a join, not over the table.
+        (
+            "SELECT a.type, count(*) AS n FROM notifications a JOIN notifications b ON a.id = b.id \
+             GROUP BY a.type ORDER BY a.type",
+            false,
+        ),
+    ] {
+        let plan = regroup::regroup(optimized(sql, &snapshot).await, &low_cardinality).unwrap();
+        let plan = codes::group_by_codes(plan, &low_cardinality, &snapshot).unwrap();
+        assert_eq!(calls(&plan, "code"), numbered, "{sql}: {plan}");
+        // Numbered groups are turned back into their strings.
+        assert_eq!(
+            calls(&plan, "string_of"),
+            numbered && sql.contains("GROUP BY"),
+            "{sql}: {plan}"
+        );
+        let expected = datafusions_answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 0, "{sql}");
+        let got = answer_with(sql, &snapshot, with_rewrite.clone()).await;
+        assert_eq!(got, expected.columns(), "{sql}");
+    }
 }

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -107,12 +107,24 @@ impl Drop for S3Server {
     }
 }
 
-/// A free port on loopback. The listener is closed again, so a process can take it.
+/// A free port on loopback, for a process to listen on. It is taken below Linux's ephemeral
+/// range (32768–60999): a port that `bind(0)` handed out and that was closed again can be taken
+/// by any outgoing connection before the process binds it (one test failed with "Address
+/// already in use" that way). Ports are handed out in turn from a base that depends on the
+/// process id, so the tests of one run never get the same one.
 pub(crate) fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    const LOW: u16 = 20_000;
+    const HIGH: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = (std::process::id() % u32::from(HIGH - LOW)) as u16;
+    for _ in LOW..HIGH {
+        let offset = start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % (HIGH - LOW);
+        let addr = SocketAddr::from(([127, 0, 0, 1], LOW + offset));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port on loopback between {LOW} and {HIGH}");
 }
 
 /// A running `sluice` process, killed when dropped.

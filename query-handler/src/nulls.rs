@@ -1,0 +1,165 @@
+//! `count(column)` of a column that no file of the snapshot holds a null in is `count(*)`.
+//!
+//! Every file the consumer adds carries, in the Delta log, the number of nulls in each of its
+//! columns. When the log says a column has none in any live file, counting its non-null values
+//! counts rows, and the scan need not read the column at all. `count(post_id)` then costs what
+//! `count(*)` costs. DuckDB does the same from the Parquet footers' statistics.
+//!
+//! Only a count over the table's own column is rewritten: the aggregate's input must be a scan
+//! of the snapshot's table, possibly under filters, aliases and projections that only pick
+//! columns, none of which adds a null. Behind a computed projection or an outer join the same
+//! name may hold nulls the log knows nothing of, so those are left as they are. The rewritten count keeps its name, so the plan above it still binds.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::{Column, ScalarValue};
+use datafusion::config::ConfigOptions;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::optimizer::optimize_projections::OptimizeProjections;
+use datafusion::optimizer::{OptimizerContext, OptimizerRule};
+use datafusion::prelude::lit;
+use deltalake::DeltaTable;
+
+use crate::error::QueryError;
+use crate::replica::Snapshot;
+
+/// The columns that no live file of `table`'s current version holds a null in, by the log's
+/// statistics. A file without statistics for a column rules that column out.
+pub fn columns_without_nulls(table: &DeltaTable) -> BTreeSet<String> {
+    let Ok(state) = table.snapshot() else {
+        return BTreeSet::new();
+    };
+    let mut without: Option<BTreeSet<String>> = None;
+    for file in state.log_data().iter() {
+        let in_file: BTreeSet<String> = file
+            .stats()
+            .and_then(|stats| serde_json::from_str::<serde_json::Value>(&stats).ok())
+            .and_then(|stats| {
+                let counts = stats.get("nullCount")?.as_object()?;
+                Some(
+                    counts
+                        .iter()
+                        .filter(|(_, nulls)| nulls.as_u64() == Some(0))
+                        .map(|(column, _)| column.clone())
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        let columns = match without.take() {
+            None => in_file,
+            Some(so_far) => so_far.intersection(&in_file).cloned().collect(),
+        };
+        if columns.is_empty() {
+            return columns;
+        }
+        without = Some(columns);
+    }
+    // No file at all: nothing to count, nothing to rewrite.
+    without.unwrap_or_default()
+}
+
+/// Rewrites `count(c)` to `count(*)` wherever the log says `c` has no null, then drops the
+/// columns no longer read from the scans. `plan` must be optimized.
+pub fn count_rows_for_columns_without_nulls(
+    plan: LogicalPlan,
+    snapshot: &Snapshot,
+) -> Result<LogicalPlan, QueryError> {
+    if snapshot.without_nulls.is_empty() {
+        return Ok(plan);
+    }
+    let rewritten = plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(aggregate) = node else {
+            return Ok(Transformed::no(node));
+        };
+        if !reads_table_directly(&aggregate.input, snapshot) {
+            return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
+        }
+        let Aggregate {
+            input,
+            group_expr,
+            aggr_expr,
+            schema,
+            ..
+        } = aggregate;
+        let mut changed = false;
+        let aggr_expr = aggr_expr
+            .into_iter()
+            .map(|expr| match count_of_rows(&expr, &snapshot.without_nulls) {
+                Some(rows) => {
+                    changed = true;
+                    let name = expr.schema_name().to_string();
+                    match expr {
+                        Expr::Alias(alias) => rows.alias_qualified(alias.relation, alias.name),
+                        _ => rows.alias(name),
+                    }
+                }
+                None => expr,
+            })
+            .collect();
+        let node = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
+            input, group_expr, aggr_expr, schema,
+        )?);
+        Ok(if changed {
+            Transformed::yes(node)
+        } else {
+            Transformed::no(node)
+        })
+    })?;
+    if !rewritten.transformed {
+        return Ok(rewritten.data);
+    }
+    // The scan still reads the column; the projection rule removes what nothing uses now.
+    let pruned = OptimizeProjections::new().rewrite(
+        rewritten.data,
+        &OptimizerContext::new_with_config_options(Arc::new(ConfigOptions::default())),
+    )?;
+    Ok(pruned.data)
+}
+
+/// `count(*)` in place of `expr`, when `expr` is a plain `count` of one column without nulls
+/// (a `FILTER` stays: it selects rows either way).
+fn count_of_rows(expr: &Expr, without_nulls: &BTreeSet<String>) -> Option<Expr> {
+    let inner = match expr {
+        Expr::Alias(alias) => alias.expr.as_ref(),
+        other => other,
+    };
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = inner else {
+        return None;
+    };
+    let [Expr::Column(Column { name, .. })] = params.args.as_slice() else {
+        return None;
+    };
+    if func.name() != "count" || params.distinct || !without_nulls.contains(name) {
+        return None;
+    }
+    let mut params = params.clone();
+    params.args = vec![lit(ScalarValue::Int64(Some(1)))];
+    Some(Expr::AggregateFunction(AggregateFunction {
+        func: Arc::clone(func),
+        params,
+    }))
+}
+
+/// Whether every column `plan` outputs is the snapshot table's column of the same name with the
+/// same values: a scan of the table, under filters, aliases and projections that only pick
+/// columns.
+pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
+            .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider)),
+        LogicalPlan::Filter(filter) => reads_table_directly(&filter.input, snapshot),
+        LogicalPlan::Projection(projection) => {
+            projection
+                .expr
+                .iter()
+                .all(|expr| matches!(expr, Expr::Column(_)))
+                && reads_table_directly(&projection.input, snapshot)
+        }
+        LogicalPlan::SubqueryAlias(alias) => reads_table_directly(&alias.input, snapshot),
+        _ => false,
+    }
+}
