@@ -4,9 +4,9 @@
 //! DataFusion's string-view group table (bench/README.md). `type`, `platform` and `lang` hold a
 //! handful of values each, so the handler numbers their strings instead: [`Code`] gives each
 //! distinct string of the query a small number, once per distinct view of a batch (rows from
-//! the same Parquet dictionary entry share their 16-byte view, see `kernels::like`), and the aggregate groups by that
-//! number, which DataFusion does with its table for integers. [`StringOf`] turns the numbers
-//! of the few result rows back into their strings:
+//! the same Parquet dictionary entry share their 16-byte view, see `kernels::like`), and the
+//! aggregate groups by that number, which DataFusion does with its table for integers.
+//! [`StringOf`] turns the numbers of the few result rows back into their strings:
 //!
 //! ```text
 //! Aggregate: groupBy=[type], aggr=[count(*), count(DISTINCT platform)]
@@ -14,8 +14,8 @@
 //! ```
 //! becomes
 //! ```text
-//! Projection: string_of(code_0) AS type, (the other columns under their names)
-//!   Aggregate: groupBy=[code(type) AS code_0], aggr=[count(*), count(DISTINCT code(platform))]
+//! Projection: string_of(code) AS type, (the other columns under their names)
+//!   Aggregate: groupBy=[code(type) AS code], aggr=[count(*), count(DISTINCT code(platform))]
 //!     TableScan: notifications
 //! ```
 //!
@@ -25,10 +25,14 @@
 //! the same. Only the speed depends on the columns holding few values; the numbers live as long
 //! as the query, in memory outside its pool, one copy of each distinct string.
 //!
-//! Rewritten: aggregates whose input is the table itself (under filters and aliases), for the
-//! low-cardinality string columns they group by or count distinct. Not for grouping sets, not
-//! when they also group by another string (which is hashed per row anyway), and not for
-//! `min`/`max`, which need the strings' order.
+//! Rewritten: aggregates whose input is the table itself (under filters, aliases and
+//! projections that pick columns) and whose one group is a low-cardinality string column; their
+//! `count(DISTINCT …)` of such columns too. Measured on 1M rows (bench/README.md), numbering pays
+//! for one group and costs for more: DataFusion's grouping by several columns handles short
+//! string views about as fast as numbers, so numbering two columns adds more per row than it
+//! saves (`GROUP BY platform, type` 15–30% slower), and so does a distinct count under a group
+//! that is not numbered (`GROUP BY day`, 11–15% slower). Not `min`/`max`, which need the strings'
+//! order.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -87,13 +91,10 @@ fn rewrite(
     strings: &Arc<Strings>,
 ) -> Result<Option<LogicalPlan>> {
     let input = aggregate.input.schema();
-    if aggregate
-        .group_expr
-        .iter()
-        .any(|e| matches!(e, Expr::GroupingSet(_)))
-    {
+    // One group, a column: see the module's comment for why not more.
+    let [group] = aggregate.group_expr.as_slice() else {
         return Ok(None);
-    }
+    };
     // The string type of `expr` when it is a low-cardinality column of strings.
     let coded = |expr: &Expr| -> Result<Option<DataType>> {
         let Expr::Column(column) = expr else {
@@ -116,37 +117,10 @@ fn rewrite(
         ))
     };
 
-    let mut changed = false;
-    // Per group, the string type to turn its number back into, if it is numbered.
-    let mut decoded = Vec::with_capacity(aggregate.group_expr.len());
-    let mut groups = Vec::with_capacity(aggregate.group_expr.len());
-    for (i, group) in aggregate.group_expr.iter().enumerate() {
-        match coded(group)? {
-            Some(data_type) => {
-                groups.push(code(group.clone()).alias(format!("__sluice_code_{i}")));
-                decoded.push(Some(data_type));
-                changed = true;
-            }
-            None if matches!(
-                group.get_type(input)?,
-                DataType::Utf8
-                    | DataType::LargeUtf8
-                    | DataType::Utf8View
-                    | DataType::Binary
-                    | DataType::LargeBinary
-                    | DataType::BinaryView
-            ) =>
-            {
-                // The groups still hash a string per row (`GROUP BY post_id, platform`):
-                // numbering the others saves less than it costs (bench/README.md).
-                return Ok(None);
-            }
-            None => {
-                groups.push(group.clone());
-                decoded.push(None);
-            }
-        }
-    }
+    let Some(group_type) = coded(group)? else {
+        return Ok(None);
+    };
+    let groups = vec![code(group.clone()).alias("__sluice_code")];
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for expr in &aggregate.aggr_expr {
         let (inner, alias) = match expr {
@@ -181,10 +155,6 @@ fn rewrite(
             Some(alias) => counted.alias_qualified(alias.relation.clone(), alias.name.clone()),
             None => counted.alias(inner.schema_name().to_string()),
         });
-        changed = true;
-    }
-    if !changed {
-        return Ok(None);
     }
 
     let numbered = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
@@ -196,12 +166,16 @@ fn rewrite(
         .map(|i| {
             let (qualifier, field) = original.qualified_field(i);
             let value = Expr::Column(Column::from(numbered.schema().qualified_field(i)));
-            let value = match decoded.get(i).cloned().flatten() {
-                Some(data_type) => Expr::ScalarFunction(ScalarFunction::new_udf(
-                    Arc::new(ScalarUDF::new_from_impl(StringOf::new(strings, data_type))),
+            let value = if i == 0 {
+                Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::new_from_impl(StringOf::new(
+                        strings,
+                        group_type.clone(),
+                    ))),
                     vec![value],
-                )),
-                None => value,
+                ))
+            } else {
+                value
             };
             value.alias_qualified(qualifier.cloned(), field.name())
         })
@@ -264,13 +238,7 @@ impl Strings {
     /// views are equal strings (see the module's comment). None when the batch has more than
     /// [`MAX_DISTINCT`] distinct views.
     fn codes_once_per_view(&self, values: &StringViewArray) -> Result<Option<UInt32Array>> {
-        // Open addressing in a table four times as large as MAX_DISTINCT: a slot holds a view
-        // and its string's number, EMPTY while empty.
-        const SLOTS: usize = (MAX_DISTINCT * 4).next_power_of_two();
-        const EMPTY: u32 = u32::MAX;
-        let mut seen = vec![0u128; SLOTS];
-        let mut numbers = vec![EMPTY; SLOTS];
-        let mut distinct = 0;
+        let mut seen = SeenViews::default();
         let mut codes = Vec::with_capacity(values.len());
         let nulls = values.nulls().filter(|nulls| nulls.null_count() > 0);
         for (row, &view) in values.views().iter().enumerate() {
@@ -279,22 +247,15 @@ impl Strings {
                 codes.push(0);
                 continue;
             }
-            let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            let mut at = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
-            let code = loop {
-                if numbers[at] == EMPTY {
-                    if distinct == MAX_DISTINCT {
-                        return Ok(None);
-                    }
-                    distinct += 1;
-                    seen[at] = view;
-                    numbers[at] = self.numbering().code(values.value(row))?;
-                    break numbers[at];
+            let slot = seen.slot(view);
+            let code = match seen.numbers[slot] {
+                SeenViews::EMPTY if seen.distinct == MAX_DISTINCT => return Ok(None),
+                SeenViews::EMPTY => {
+                    let code = self.numbering().code(values.value(row))?;
+                    seen.insert(slot, view, code);
+                    code
                 }
-                if seen[at] == view {
-                    break numbers[at];
-                }
-                at = (at + 1) % SLOTS;
+                code => code,
             };
             codes.push(code);
         }
@@ -318,6 +279,64 @@ impl Strings {
             }
         }
         Ok(builder.finish())
+    }
+}
+
+/// The distinct views of one batch and their strings' numbers: open addressing, at most half
+/// full. It starts small, since a low-cardinality column has a handful of views per batch, and
+/// a table sized for [`MAX_DISTINCT`] would cost more to clear than the batch costs to number.
+struct SeenViews {
+    views: Vec<u128>,
+    numbers: Vec<u32>,
+    distinct: usize,
+}
+
+impl Default for SeenViews {
+    fn default() -> Self {
+        SeenViews {
+            views: vec![0; 64],
+            numbers: vec![Self::EMPTY; 64],
+            distinct: 0,
+        }
+    }
+}
+
+impl SeenViews {
+    const EMPTY: u32 = u32::MAX;
+
+    /// The slot that holds `view`, or the empty slot where it goes.
+    fn slot(&self, view: u128) -> usize {
+        let mask = self.views.len() - 1;
+        let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut at = (mixed >> (64 - self.views.len().trailing_zeros())) as usize;
+        while self.numbers[at] != Self::EMPTY && self.views[at] != view {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
+    /// Puts `view` in the empty `slot`; grows four times once half full.
+    fn insert(&mut self, slot: usize, view: u128, number: u32) {
+        self.views[slot] = view;
+        self.numbers[slot] = number;
+        self.distinct += 1;
+        if self.distinct * 2 > self.views.len() {
+            let old = std::mem::replace(
+                self,
+                SeenViews {
+                    views: vec![0; self.views.len() * 4],
+                    numbers: vec![Self::EMPTY; self.views.len() * 4],
+                    distinct: self.distinct,
+                },
+            );
+            for (view, number) in old.views.into_iter().zip(old.numbers) {
+                if number != Self::EMPTY {
+                    let slot = self.slot(view);
+                    self.views[slot] = view;
+                    self.numbers[slot] = number;
+                }
+            }
+        }
     }
 }
 
@@ -527,6 +546,11 @@ mod tests {
         let all = codes(&strings, &views);
         let expected: Vec<Option<u32>> = (0..rows.len() as u32).map(Some).collect();
         assert_eq!(all, expected);
+        // Past the table's first sizes, each string twice: numbered once per view still.
+        let some: Vec<Option<&str>> = rows[..300].iter().chain(&rows[..300]).copied().collect();
+        let twice = strings.codes_once_per_view(&shared_views(&some)).unwrap();
+        let twice: Vec<Option<u32>> = twice.unwrap().iter().collect();
+        assert_eq!(twice, [&expected[..300], &expected[..300]].concat());
         // A later small batch gets the numbers given row by row.
         let few = shared_views(&[Some("value 7"), Some("value 3"), Some("value 7")]);
         assert_eq!(codes(&strings, &few), [Some(7), Some(3), Some(7)]);

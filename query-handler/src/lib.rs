@@ -83,9 +83,10 @@ pub struct Config {
     /// How often to look for a new replica version.
     #[arg(long, env = "SLUICE_REPLICA_REFRESH_MS", default_value_t = 1_000)]
     pub replica_refresh_ms: u64,
-    /// Columns with few distinct values: an aggregate that compares them per row (a pivot such
-    /// as `sum(CASE WHEN type = … THEN 1 ELSE 0 END)`) first groups the rows by them. Answers
-    /// are the same either way; empty turns the rewrite off.
+    /// String columns with few distinct values. An aggregate that compares them per row (a
+    /// pivot such as `sum(CASE WHEN type = … THEN 1 ELSE 0 END)`) first groups the rows by
+    /// them, and an aggregate grouped by one of them alone uses a number per string. Answers
+    /// are the same either way; empty turns both off.
     #[arg(
         long,
         env = "SLUICE_LOW_CARDINALITY_COLUMNS",

@@ -27,10 +27,13 @@
 //! - over other columns, without `DISTINCT`: `count`, `sum`, `min` or `max`, computed per inner
 //!   group and combined (a sum of counts or sums, a min of mins, a max of maxes).
 //!
+//! A group computed from the low-cardinality columns alone, such as `coalesce(lang, 'und')`, is
+//! computed once per inner group too: the inner aggregate groups by its columns instead.
+//!
 //! No ordered aggregate, no grouping set, nothing volatile, no subquery. And only where it
-//! saves work: some aggregate must compute something from those columns (a comparison, a CASE,
-//! a function), since grouping by one more column costs about what a plain `count(DISTINCT
-//! type)` or an `IS NULL` filter would save (bench/README.md).
+//! saves work: some aggregate or group must compute something from those columns (a
+//! comparison, a CASE, a function), since grouping by one more column costs about what a plain
+//! `count(DISTINCT type)` or an `IS NULL` filter would save (bench/README.md).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -97,9 +100,29 @@ fn rewrite(
             _ => None,
         })
         .collect();
-    // The low-cardinality columns the aggregates read that are not groups already.
+    // Computed groups of low-cardinality columns alone, such as `coalesce(lang, 'und')`: the
+    // inner aggregate groups by their columns, and the outer one computes them once per group.
+    let computed_from_low_cardinality: Vec<bool> = aggregate
+        .group_expr
+        .iter()
+        .map(|e| {
+            let columns = e.column_refs();
+            !matches!(e, Expr::Column(_))
+                && !columns.is_empty()
+                && columns.iter().all(|c| low_cardinality.contains(&c.name))
+        })
+        .collect();
+    // The low-cardinality columns the aggregates and those groups read that are not groups
+    // already.
     let mut added: BTreeSet<Column> = BTreeSet::new();
-    for expr in &aggregate.aggr_expr {
+    let read = aggregate.aggr_expr.iter().chain(
+        aggregate
+            .group_expr
+            .iter()
+            .zip(&computed_from_low_cardinality)
+            .filter_map(|(e, &computed)| computed.then_some(e)),
+    );
+    for expr in read {
         for column in expr.column_refs() {
             if !grouped.contains(column) && low_cardinality.contains(&column.name) {
                 added.insert(column.clone());
@@ -121,7 +144,7 @@ fn rewrite(
     // Whether some aggregate computes per row what the rewrite computes per group; grouping by
     // more columns costs about what a `count(DISTINCT …)` or a null check saves, so only a
     // comparison, a CASE or a function of the low-cardinality columns makes it pay.
-    let mut saves_work = false;
+    let mut saves_work = computed_from_low_cardinality.contains(&true);
     for expr in &aggregate.aggr_expr {
         // The optimizer may alias an aggregate to its name before type coercion; the projection
         // at the end restores every name.
@@ -209,6 +232,7 @@ fn rewrite(
                 inner_groups.push(group.clone());
                 outer_groups.push(group.clone());
             }
+            _ if computed_from_low_cardinality[i] => outer_groups.push(group.clone()),
             _ => {
                 let alias = format!("__sluice_group_{i}");
                 inner_groups.push(group.clone().alias(&alias));
