@@ -13,9 +13,10 @@
 //! archival zstd level), as it leaves closed days. A release `sluice query-handler` with the result
 //! cache off (`SLUICE_CACHE_BYTES=0`) answers each query once to warm up and then `BENCH_REPEAT`
 //! times; the time is the handler's own (`elapsed_ms`: planning, execution, encoding). DuckDB
-//! (`tests/analyst_suite.py bench`, the pinned duckdb, every core) reads the table's live Parquet
-//! files with the same SQL, warmed up the same way; its time is `execute` + `fetchall`. Both
-//! answers are also compared. Results go to `bench/README.md`.
+//! (`tests/analyst_suite.py serve`, the pinned duckdb, every core) reads the table's live Parquet
+//! files with the same SQL, warmed up the same way; its time is `execute` + `fetchall`. Each
+//! timed pass of Sluice over the suite is followed by one of DuckDB. Both answers are also
+//! compared. Results go to `bench/README.md`.
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -26,9 +27,11 @@ mod support;
 mod analyst;
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use sluice_consumer::replica::Replica;
 use support::{Sluice, free_addr, wait_for_port};
 
@@ -111,42 +114,56 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Sluice: a warm-up pass (whose answers are compared with DuckDB's), then timed passes.
+    // DuckDB in a process of its own over the same files, warmed up, which times one pass over
+    // the suite whenever it is asked.
+    let list = analyst::file_list(dir.path(), &files);
+    let mut duckdb = std::process::Command::new(support::python())
+        .args([analyst::SUITE_PY, "serve", "--files"])
+        .arg(&list)
+        .args(["--suite", analyst::SUITE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut to_duckdb = duckdb.stdin.take().unwrap();
+    let mut from_duckdb = BufReader::new(duckdb.stdout.take().unwrap()).lines();
+    assert_eq!(from_duckdb.next().unwrap().unwrap(), "ready");
+
+    // Sluice: a warm-up pass (whose answers are compared with DuckDB's). Then each timed pass
+    // of Sluice is followed by one of DuckDB, so both see the same spells of this noisy
+    // machine; before, all of Sluice's passes ran first and a slow spell fell on one side.
     let (answers, _) = analyst::run_suite(api).await;
     let actual = dir.path().join("sluice.json");
     std::fs::write(&actual, answers.to_string()).unwrap();
     let mut sluice_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut duckdb_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..repeat {
         let (_, elapsed) = analyst::run_suite(api).await;
         for (name, ms) in elapsed {
             sluice_ms.entry(name).or_default().push(ms);
         }
+        writeln!(to_duckdb, "pass").unwrap();
+        to_duckdb.flush().unwrap();
+        let pass: BTreeMap<String, f64> =
+            serde_json::from_str(&from_duckdb.next().unwrap().unwrap()).unwrap();
+        for (name, ms) in pass {
+            duckdb_ms.entry(name).or_default().push(ms);
+        }
     }
+    drop(to_duckdb);
+    assert!(duckdb.wait().unwrap().success());
 
-    let list = analyst::file_list(dir.path(), &files);
-    let timings = dir.path().join("duckdb-timings.json");
     let expected = dir.path().join("duckdb.json");
-    let repeat_arg = repeat.to_string();
-    for args in [
-        vec![
-            "bench",
-            "--repeat",
-            &repeat_arg,
-            "--out",
-            timings.to_str().unwrap(),
-        ],
-        vec!["run", "--out", expected.to_str().unwrap()],
-    ] {
-        let mut full = vec![
-            analyst::SUITE_PY,
-            args[0],
-            "--files",
-            list.to_str().unwrap(),
-        ];
-        full.extend(["--suite", analyst::SUITE]);
-        full.extend(&args[1..]);
-        support::run_python(full);
-    }
+    support::run_python([
+        analyst::SUITE_PY,
+        "run",
+        "--files",
+        list.to_str().unwrap(),
+        "--suite",
+        analyst::SUITE,
+        "--out",
+        expected.to_str().unwrap(),
+    ]);
     let compared = std::process::Command::new(support::python())
         .args([analyst::SUITE_PY, "compare", "--suite", analyst::SUITE])
         .arg("--expected")
@@ -157,7 +174,6 @@ async fn main() {
         .unwrap();
     let report = String::from_utf8_lossy(&compared.stdout);
     let verdict = report.lines().last().unwrap_or_default().to_string();
-    let duckdb: Value = serde_json::from_slice(&std::fs::read(&timings).unwrap()).unwrap();
 
     println!(
         "\n{rows} notifications, {} Parquet files, {} MB; {repeat} timed runs each, medians; answers: {verdict}\n",
@@ -171,7 +187,7 @@ async fn main() {
     let names: Vec<String> = analyst::suite().into_iter().map(|(n, _)| n).collect();
     for name in &names {
         let ours = median(sluice_ms.get_mut(name).unwrap());
-        let theirs = duckdb[name]["median_ms"].as_f64().unwrap();
+        let theirs = median(duckdb_ms.get_mut(name).unwrap());
         let ratio = ours / theirs;
         log_ratio += ratio.ln();
         within += usize::from(ratio <= 1.0);

@@ -5,6 +5,7 @@ with DuckDB's, and time DuckDB on the same queries.
     python3 tests/analyst_suite.py run     --files FILES --suite tests/analyst_suite.sql --out duckdb.json
     python3 tests/analyst_suite.py compare --expected duckdb.json --actual sluice.json --suite tests/analyst_suite.sql
     python3 tests/analyst_suite.py bench   --files FILES --suite tests/analyst_suite.sql --repeat 5 --out timings.json
+    python3 tests/analyst_suite.py serve   --files FILES --suite tests/analyst_suite.sql   (one timed pass per `pass` line)
 
 FILES is a text file with one Parquet path per line (blank lines and lines starting with # are
 skipped; a file:// prefix is stripped). Each path must contain a `day=YYYY-MM-DD` directory: that is
@@ -282,6 +283,28 @@ def cmd_bench(args):
     return 0
 
 
+def cmd_serve(args):
+    """Times one pass over the suite each time a line `pass` arrives on stdin, and answers it
+    with one JSON line {name: ms}, after a warm-up pass announced by the line `ready`. The query
+    benchmark alternates these passes with Sluice's, so both engines see the same spells of a
+    noisy machine."""
+    queries = parse_suite(args.suite)
+    con = duckdb_connect(read_file_list(args.files), args.threads)
+    for _, sql, _ in queries:
+        run_query(con, sql)  # warm-up
+    print("ready", flush=True)
+    for line in sys.stdin:
+        if line.strip() != "pass":
+            raise SystemExit(f"serve: expected `pass`, got {line!r}")
+        timings = {}
+        for name, sql, _ in queries:
+            t0 = time.perf_counter()
+            run_query(con, sql)
+            timings[name] = round((time.perf_counter() - t0) * 1000.0, 3)
+        print(json.dumps(timings), flush=True)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Compare
 
@@ -436,10 +459,16 @@ def main(argv=None):
     b.add_argument("--out", required=True)
     b.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
 
+    v = sub.add_parser("serve", help="time one pass over the suite per `pass` line on stdin")
+    v.add_argument("--files", required=True)
+    v.add_argument("--suite", required=True)
+    v.add_argument("--threads", type=int, default=None, help="DuckDB threads (default: all cores)")
+
     args = p.parse_args(argv)
     if getattr(args, "repeat", 1) < 1:
         p.error("--repeat must be >= 1")
-    return {"run": cmd_run, "compare": cmd_compare, "bench": cmd_bench}[args.cmd](args)
+    commands = {"run": cmd_run, "compare": cmd_compare, "bench": cmd_bench, "serve": cmd_serve}
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":
