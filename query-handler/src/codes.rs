@@ -200,8 +200,12 @@ impl Numbering {
         if let Some(&code) = self.codes.get(string) {
             return Ok(code);
         }
-        let Ok(code) = u32::try_from(self.strings.len()) else {
-            return exec_err!("more than 2^32 distinct strings in a low-cardinality column");
+        // u32::MAX itself marks an empty slot of SeenViews.
+        let Some(code) = u32::try_from(self.strings.len())
+            .ok()
+            .filter(|&code| code < u32::MAX)
+        else {
+            return exec_err!("more than 2^32 - 1 distinct strings in a low-cardinality column");
         };
         self.strings.push(string.into());
         self.codes.insert(string.into(), code);

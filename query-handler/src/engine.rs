@@ -124,7 +124,7 @@ pub async fn execute(
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
     let state = ctx.state();
-    let plan = nulls::count_rows_for_columns_without_nulls(state.optimize(&plan)?, &snapshot)?;
+    let plan = nulls::use_null_counts(state.optimize(&plan)?, &snapshot)?;
     let plan = counts::answer_from_log(plan, &snapshot)?;
     let plan = regroup::regroup(plan, &limits.low_cardinality)?;
     let plan = codes::group_by_codes(plan, &limits.low_cardinality, &snapshot)?;

@@ -1,14 +1,19 @@
-//! `count(column)` of a column that no file of the snapshot holds a null in is `count(*)`.
+//! `count(column)` of a column that no file of the snapshot holds a null in is `count(*)`, and
+//! `column IS NOT NULL` is true.
 //!
 //! Every file the consumer adds carries, in the Delta log, the number of nulls in each of its
 //! columns. When the log says a column has none in any live file, counting its non-null values
 //! counts rows, and the scan need not read the column at all. `count(post_id)` then costs what
-//! `count(*)` costs. DuckDB does the same from the Parquet footers' statistics.
+//! `count(*)` costs. DuckDB does the same from the Parquet footers' statistics. A `WHERE post_id
+//! IS NOT NULL`, the usual guard of an analyst's query, is then dropped: the scan evaluates it
+//! as a row filter, which decodes `post_id` once more for nothing.
 //!
-//! Only a count over the table's own column is rewritten: the aggregate's input must be a scan
+//! Only a count or a condition over the table's own column is rewritten: its input must be a scan
 //! of the snapshot's table, possibly under filters, aliases and projections that only pick
 //! columns, none of which adds a null. Behind a computed projection or an outer join the same
-//! name may hold nulls the log knows nothing of, so those are left as they are. The rewritten count keeps its name, so the plan above it still binds.
+//! name may hold nulls the log knows nothing of, so those are left as they are. The rewritten
+//! count keeps its name, and a dropped filter's schema is its input's, so the plan above still
+//! binds.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,7 +23,8 @@ use datafusion::common::{Column, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan};
+use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
+use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, TableScan};
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::prelude::lit;
@@ -62,62 +68,91 @@ pub fn columns_without_nulls(table: &DeltaTable) -> BTreeSet<String> {
     without.unwrap_or_default()
 }
 
-/// Rewrites `count(c)` to `count(*)` wherever the log says `c` has no null, then drops the
-/// columns no longer read from the scans. `plan` must be optimized.
-pub fn count_rows_for_columns_without_nulls(
-    plan: LogicalPlan,
-    snapshot: &Snapshot,
-) -> Result<LogicalPlan, QueryError> {
+/// Rewrites `count(c)` to `count(*)` and drops `c IS NOT NULL` conditions wherever the log
+/// says `c` has no null, then drops the columns no longer read from the scans. `plan` must be
+/// optimized.
+pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<LogicalPlan, QueryError> {
     if snapshot.without_nulls.is_empty() {
         return Ok(plan);
     }
-    let rewritten = plan.transform_up(|node| {
-        let LogicalPlan::Aggregate(aggregate) = node else {
-            return Ok(Transformed::no(node));
-        };
-        if !reads_table_directly(&aggregate.input, snapshot) {
-            return Ok(Transformed::no(LogicalPlan::Aggregate(aggregate)));
-        }
-        let Aggregate {
-            input,
-            group_expr,
-            aggr_expr,
-            schema,
-            ..
-        } = aggregate;
-        let mut changed = false;
-        let aggr_expr = aggr_expr
-            .into_iter()
-            .map(|expr| match count_of_rows(&expr, &snapshot.without_nulls) {
-                Some(rows) => {
-                    changed = true;
-                    let name = expr.schema_name().to_string();
-                    match expr {
-                        Expr::Alias(alias) => rows.alias_qualified(alias.relation, alias.name),
-                        _ => rows.alias(name),
+    let without_nulls = &snapshot.without_nulls;
+    let rewritten = plan.transform_up(|node| match node {
+        LogicalPlan::Aggregate(aggregate) if reads_table_directly(&aggregate.input, snapshot) => {
+            let Aggregate {
+                input,
+                group_expr,
+                aggr_expr,
+                schema,
+                ..
+            } = aggregate;
+            let mut changed = false;
+            let aggr_expr = aggr_expr
+                .into_iter()
+                .map(|expr| match count_of_rows(&expr, without_nulls) {
+                    Some(rows) => {
+                        changed = true;
+                        let name = expr.schema_name().to_string();
+                        match expr {
+                            Expr::Alias(alias) => rows.alias_qualified(alias.relation, alias.name),
+                            _ => rows.alias(name),
+                        }
                     }
-                }
-                None => expr,
+                    None => expr,
+                })
+                .collect();
+            let node = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
+                input, group_expr, aggr_expr, schema,
+            )?);
+            Ok(if changed {
+                Transformed::yes(node)
+            } else {
+                Transformed::no(node)
             })
-            .collect();
-        let node = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
-            input, group_expr, aggr_expr, schema,
-        )?);
-        Ok(if changed {
-            Transformed::yes(node)
-        } else {
-            Transformed::no(node)
-        })
+        }
+        LogicalPlan::Filter(filter) if reads_table_directly(&filter.input, snapshot) => {
+            let conditions = split_conjunction_owned(filter.predicate.clone());
+            let before = conditions.len();
+            let kept: Vec<Expr> = conditions
+                .into_iter()
+                .filter(|c| !always_true(c, without_nulls))
+                .collect();
+            if kept.len() == before {
+                return Ok(Transformed::no(LogicalPlan::Filter(filter)));
+            }
+            // A filter of proven conditions alone goes: its schema is its input's.
+            Ok(Transformed::yes(match conjunction(kept) {
+                Some(predicate) => LogicalPlan::Filter(Filter::try_new(predicate, filter.input)?),
+                None => Arc::unwrap_or_clone(filter.input),
+            }))
+        }
+        LogicalPlan::TableScan(mut scan) if reads_table_directly_scan(&scan, snapshot) => {
+            let before = scan.filters.len();
+            scan.filters.retain(|c| !always_true(c, without_nulls));
+            let changed = scan.filters.len() < before;
+            let node = LogicalPlan::TableScan(scan);
+            Ok(if changed {
+                Transformed::yes(node)
+            } else {
+                Transformed::no(node)
+            })
+        }
+        other => Ok(Transformed::no(other)),
     })?;
     if !rewritten.transformed {
         return Ok(rewritten.data);
     }
-    // The scan still reads the column; the projection rule removes what nothing uses now.
+    // The scan still reads the columns; the projection rule removes what nothing uses now.
     let pruned = OptimizeProjections::new().rewrite(
         rewritten.data,
         &OptimizerContext::new_with_config_options(Arc::new(ConfigOptions::default())),
     )?;
     Ok(pruned.data)
+}
+
+/// Whether `condition` is `c IS NOT NULL` of a column the log says has no null.
+fn always_true(condition: &Expr, without_nulls: &BTreeSet<String>) -> bool {
+    matches!(condition, Expr::IsNotNull(inner)
+        if matches!(inner.as_ref(), Expr::Column(Column { name, .. }) if without_nulls.contains(name)))
 }
 
 /// `count(*)` in place of `expr`, when `expr` is a plain `count` of one column without nulls
@@ -149,8 +184,7 @@ fn count_of_rows(expr: &Expr, without_nulls: &BTreeSet<String>) -> Option<Expr> 
 /// columns.
 pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> bool {
     match plan {
-        LogicalPlan::TableScan(scan) => source_as_provider(&scan.source)
-            .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider)),
+        LogicalPlan::TableScan(scan) => reads_table_directly_scan(scan, snapshot),
         LogicalPlan::Filter(filter) => reads_table_directly(&filter.input, snapshot),
         LogicalPlan::Projection(projection) => {
             projection
@@ -162,4 +196,10 @@ pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> b
         LogicalPlan::SubqueryAlias(alias) => reads_table_directly(&alias.input, snapshot),
         _ => false,
     }
+}
+
+/// Whether `scan` reads the snapshot's table.
+fn reads_table_directly_scan(scan: &TableScan, snapshot: &Snapshot) -> bool {
+    source_as_provider(&scan.source)
+        .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
 }
