@@ -22,7 +22,6 @@ use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::Schema;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::utils::conjunction;
@@ -155,9 +154,7 @@ fn from_log(
 
 /// Whether `scan` reads the snapshot's own table, without a limit.
 fn scans_snapshot(scan: &TableScan, snapshot: &Snapshot) -> bool {
-    scan.fetch.is_none()
-        && source_as_provider(&scan.source)
-            .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
+    scan.fetch.is_none() && snapshot.is_read_by(scan)
 }
 
 /// The entries of `counts.rows` as a batch of partition values typed like the table's columns,

@@ -51,3 +51,62 @@ pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> 
         })?
         .data)
 }
+
+/// The distinct string views of one batch, each with a number: open addressing, at most half
+/// full. Equal views are equal strings (see [`like`]). It starts small, since a column of few
+/// values has a handful of views per batch, and a table sized for hundreds of views would cost
+/// more to clear than the batch costs to look up.
+pub(crate) struct SeenViews {
+    views: Vec<u128>,
+    pub(crate) numbers: Vec<u32>,
+    pub(crate) distinct: usize,
+}
+
+impl Default for SeenViews {
+    fn default() -> Self {
+        SeenViews {
+            views: vec![0; 64],
+            numbers: vec![Self::EMPTY; 64],
+            distinct: 0,
+        }
+    }
+}
+
+impl SeenViews {
+    pub(crate) const EMPTY: u32 = u32::MAX;
+
+    /// The slot that holds `view`, or the empty slot where it goes.
+    pub(crate) fn slot(&self, view: u128) -> usize {
+        let mask = self.views.len() - 1;
+        let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut at = (mixed >> (64 - self.views.len().trailing_zeros())) as usize;
+        while self.numbers[at] != Self::EMPTY && self.views[at] != view {
+            at = (at + 1) & mask;
+        }
+        at
+    }
+
+    /// Puts `view` in the empty `slot`; grows four times once half full.
+    pub(crate) fn insert(&mut self, slot: usize, view: u128, number: u32) {
+        self.views[slot] = view;
+        self.numbers[slot] = number;
+        self.distinct += 1;
+        if self.distinct * 2 > self.views.len() {
+            let old = std::mem::replace(
+                self,
+                SeenViews {
+                    views: vec![0; self.views.len() * 4],
+                    numbers: vec![Self::EMPTY; self.views.len() * 4],
+                    distinct: self.distinct,
+                },
+            );
+            for (view, number) in old.views.into_iter().zip(old.numbers) {
+                if number != Self::EMPTY {
+                    let slot = self.slot(view);
+                    self.views[slot] = view;
+                    self.numbers[slot] = number;
+                }
+            }
+        }
+    }
+}

@@ -21,10 +21,9 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, ScalarValue};
 use datafusion::config::ConfigOptions;
-use datafusion::datasource::source_as_provider;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
-use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan, TableScan};
+use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan};
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::prelude::lit;
@@ -125,7 +124,7 @@ pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
                 None => Arc::unwrap_or_clone(filter.input),
             }))
         }
-        LogicalPlan::TableScan(mut scan) if reads_table_directly_scan(&scan, snapshot) => {
+        LogicalPlan::TableScan(mut scan) if snapshot.is_read_by(&scan) => {
             let before = scan.filters.len();
             scan.filters.retain(|c| !always_true(c, without_nulls));
             let changed = scan.filters.len() < before;
@@ -184,7 +183,7 @@ fn count_of_rows(expr: &Expr, without_nulls: &BTreeSet<String>) -> Option<Expr> 
 /// columns.
 pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> bool {
     match plan {
-        LogicalPlan::TableScan(scan) => reads_table_directly_scan(scan, snapshot),
+        LogicalPlan::TableScan(scan) => snapshot.is_read_by(scan),
         LogicalPlan::Filter(filter) => reads_table_directly(&filter.input, snapshot),
         LogicalPlan::Projection(projection) => {
             projection
@@ -196,10 +195,4 @@ pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> b
         LogicalPlan::SubqueryAlias(alias) => reads_table_directly(&alias.input, snapshot),
         _ => false,
     }
-}
-
-/// Whether `scan` reads the snapshot's table.
-fn reads_table_directly_scan(scan: &TableScan, snapshot: &Snapshot) -> bool {
-    source_as_provider(&scan.source)
-        .is_ok_and(|provider| Arc::ptr_eq(&provider, &snapshot.provider))
 }

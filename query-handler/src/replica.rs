@@ -11,6 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::catalog::TableProvider;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::TableScan;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +29,14 @@ pub struct Snapshot {
     pub counts: Option<Arc<PartitionCounts>>,
     /// Columns that no file of this version holds a null in, by the log's statistics.
     pub without_nulls: BTreeSet<String>,
+}
+
+impl Snapshot {
+    /// Whether `scan` reads this snapshot's table.
+    pub fn is_read_by(&self, scan: &TableScan) -> bool {
+        source_as_provider(&scan.source)
+            .is_ok_and(|provider| Arc::ptr_eq(&provider, &self.provider))
+    }
 }
 
 pub struct ReplicaView {

@@ -83,6 +83,15 @@ fn limits() -> Limits {
     }
 }
 
+/// The limits with the handler's default low-cardinality columns, which turn on the rewrites
+/// that depend on them.
+fn with_low_cardinality() -> Limits {
+    Limits {
+        low_cardinality: ["platform", "type", "lang"].map(String::from).into(),
+        ..limits()
+    }
+}
+
 #[tokio::test]
 async fn a_day_filter_reads_only_that_days_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,11 +304,8 @@ async fn aggregates_over_low_cardinality_columns_group_by_them_first_with_the_sa
     let dir = tempfile::tempdir().unwrap();
     let view = table_of(dir.path(), varied).await;
     let snapshot = view.current().unwrap();
-    let low_cardinality: Vec<String> = ["platform", "type", "lang"].map(String::from).into();
-    let with_rewrite = Limits {
-        low_cardinality: low_cardinality.clone().into(),
-        ..limits()
-    };
+    let with_rewrite = with_low_cardinality();
+    let low_cardinality = &with_rewrite.low_cardinality;
 
     for (sql, rewritten) in [
         // The pivot of the analyst suite, with a FILTER on a pattern.
@@ -389,7 +395,7 @@ async fn aggregates_over_low_cardinality_columns_group_by_them_first_with_the_sa
         ),
     ] {
         let before = aggregates(sql, &snapshot, &[]).await;
-        let after = aggregates(sql, &snapshot, &low_cardinality).await;
+        let after = aggregates(sql, &snapshot, low_cardinality).await;
         assert_eq!(
             after > before,
             rewritten,
@@ -659,11 +665,8 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
     let dir = tempfile::tempdir().unwrap();
     let view = table_of(dir.path(), varied).await;
     let snapshot = view.current().unwrap();
-    let low_cardinality: Vec<String> = ["platform", "type", "lang"].map(String::from).into();
-    let with_rewrite = Limits {
-        low_cardinality: low_cardinality.clone().into(),
-        ..limits()
-    };
+    let with_rewrite = with_low_cardinality();
+    let low_cardinality = &with_rewrite.low_cardinality;
 
     for (sql, numbered) in [
         // The suite's count_by_type.
@@ -728,8 +731,8 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
             false,
         ),
     ] {
-        let plan = regroup::regroup(optimized(sql, &snapshot).await, &low_cardinality).unwrap();
-        let plan = codes::group_by_codes(plan, &low_cardinality, &snapshot).unwrap();
+        let plan = regroup::regroup(optimized(sql, &snapshot).await, low_cardinality).unwrap();
+        let plan = codes::group_by_codes(plan, low_cardinality, &snapshot).unwrap();
         assert_eq!(calls(&plan, "code"), numbered, "{sql}: {plan}");
         // The numbered group is turned back into its strings.
         assert_eq!(calls(&plan, "string_of"), numbered, "{sql}: {plan}");

@@ -28,6 +28,8 @@ use datafusion::logical_expr::{
 };
 use datafusion::physical_expr_common::datum::apply_cmp;
 
+use super::SeenViews;
+
 /// More distinct views than this in one batch, and the batch is matched row by row.
 const MAX_DISTINCT: usize = 256;
 /// After this many batches with too many distinct views, every batch is matched row by row.
@@ -161,12 +163,7 @@ impl ScalarUDFImpl for OncePerValue {
 /// index among them (0 for a null row, whose view may equal that of an empty string). None
 /// when there are more than [`MAX_DISTINCT`].
 fn distinct_views(values: &StringViewArray) -> Option<(Vec<u32>, Vec<u32>)> {
-    // Open addressing in a table four times as large as MAX_DISTINCT, so probes stay short: a
-    // slot holds a view and its index among the distinct ones, u32::MAX while empty.
-    const SLOTS: usize = (MAX_DISTINCT * 4).next_power_of_two();
-    const EMPTY: u32 = u32::MAX;
-    let mut seen = vec![0u128; SLOTS];
-    let mut indices = vec![EMPTY; SLOTS];
+    let mut seen = SeenViews::default();
     let mut firsts = Vec::new();
     let mut slots = Vec::with_capacity(values.len());
     let nulls = values.nulls();
@@ -175,22 +172,16 @@ fn distinct_views(values: &StringViewArray) -> Option<(Vec<u32>, Vec<u32>)> {
             slots.push(0);
             continue;
         }
-        let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut at = (mixed >> (64 - SLOTS.trailing_zeros())) as usize;
-        let index = loop {
-            if indices[at] == EMPTY {
-                if firsts.len() == MAX_DISTINCT {
-                    return None;
-                }
-                indices[at] = firsts.len() as u32;
-                seen[at] = view;
+        let slot = seen.slot(view);
+        let index = match seen.numbers[slot] {
+            SeenViews::EMPTY if firsts.len() == MAX_DISTINCT => return None,
+            SeenViews::EMPTY => {
+                let index = firsts.len() as u32;
+                seen.insert(slot, view, index);
                 firsts.push(row as u32);
-                break indices[at];
+                index
             }
-            if seen[at] == view {
-                break indices[at];
-            }
-            at = (at + 1) % SLOTS;
+            index => index,
         };
         slots.push(index);
     }
