@@ -51,6 +51,9 @@ use datafusion::logical_expr::{
     ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 
+use datafusion::physical_expr::ScalarFunctionExpr;
+use datafusion::physical_plan::PhysicalExpr;
+
 use crate::error::QueryError;
 use crate::kernels::SeenViews;
 use crate::nulls::reads_table_directly;
@@ -295,6 +298,12 @@ fn rows<'a>(
     strings
         .map(|string| string.map_or(Ok(0), |s| numbering.code(s)))
         .collect()
+}
+
+/// Whether `expr` is a call of `code(…)`, whose numbers [`crate::dense`] groups by.
+pub(crate) fn is_code(expr: &dyn PhysicalExpr) -> bool {
+    expr.downcast_ref::<ScalarFunctionExpr>()
+        .is_some_and(|call| call.fun().inner().is::<Code>())
 }
 
 /// `code(string)`: the query's number for the string.

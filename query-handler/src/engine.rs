@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{codes, counts, kernels, nulls, pushdown, regroup};
+use crate::{codes, counts, dense, kernels, nulls, pushdown, regroup};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -118,22 +118,7 @@ pub async fn execute(
     limits: Limits,
 ) -> Result<Answer, QueryError> {
     let ctx = session(&snapshot, &limits)?;
-    let plan = ctx.state().statement_to_plan(statement).await?;
-    read_only()
-        .verify_plan(&plan)
-        .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
-    let cacheable = !calls_changing_functions(&plan)?;
-    let state = ctx.state();
-    let plan = nulls::use_null_counts(state.optimize(&plan)?, &snapshot)?;
-    let plan = counts::answer_from_log(plan, &snapshot)?;
-    let plan = regroup::regroup(plan, &limits.low_cardinality)?;
-    let plan = codes::group_by_codes(plan, &limits.low_cardinality, &snapshot)?;
-    let plan = kernels::use_faster_kernels(plan)?;
-    let physical = state
-        .query_planner()
-        .create_physical_plan(&plan, &state)
-        .await?;
-    let physical = pushdown::without_repeated_conditions(physical)?;
+    let (physical, cacheable) = plan(&ctx, statement, &snapshot, &limits).await?;
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();
@@ -163,6 +148,34 @@ pub async fn execute(
         replica_version: snapshot.version,
         cacheable,
     })
+}
+
+/// The physical plan of `statement` in `ctx` (a [`session`] of `snapshot`), with the handler's
+/// rewrites applied; and whether its answer may be cached (it calls no changing function).
+pub async fn plan(
+    ctx: &SessionContext,
+    statement: Statement,
+    snapshot: &Snapshot,
+    limits: &Limits,
+) -> Result<(Arc<dyn ExecutionPlan>, bool), QueryError> {
+    let plan = ctx.state().statement_to_plan(statement).await?;
+    read_only()
+        .verify_plan(&plan)
+        .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
+    let cacheable = !calls_changing_functions(&plan)?;
+    let state = ctx.state();
+    let plan = nulls::use_null_counts(state.optimize(&plan)?, snapshot)?;
+    let plan = counts::answer_from_log(plan, snapshot)?;
+    let plan = regroup::regroup(plan, &limits.low_cardinality)?;
+    let plan = codes::group_by_codes(plan, &limits.low_cardinality, snapshot)?;
+    let plan = kernels::use_faster_kernels(plan)?;
+    let physical = state
+        .query_planner()
+        .create_physical_plan(&plan, &state)
+        .await?;
+    let physical = pushdown::without_repeated_conditions(physical)?;
+    let physical = dense::aggregate_by_codes(physical)?;
+    Ok((physical, cacheable))
 }
 
 /// A session of its own for one query: the query's memory pool, every core, and the replica

@@ -74,24 +74,34 @@ impl Default for SeenViews {
 
 impl SeenViews {
     pub(crate) const EMPTY: u32 = u32::MAX;
+    /// Below this many slots, a collision grows the table.
+    const SMALL: usize = 4096;
 
     /// The slot that holds `view`, or the empty slot where it goes.
     pub(crate) fn slot(&self, view: u128) -> usize {
         let mask = self.views.len() - 1;
-        let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let mut at = (mixed >> (64 - self.views.len().trailing_zeros())) as usize;
+        let mut at = self.home(view);
         while self.numbers[at] != Self::EMPTY && self.views[at] != view {
             at = (at + 1) & mask;
         }
         at
     }
 
-    /// Puts `view` in the empty `slot`; grows four times once half full.
+    /// The slot `view` hashes to.
+    fn home(&self, view: u128) -> usize {
+        let mixed = ((view as u64) ^ ((view >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (64 - self.views.len().trailing_zeros())) as usize
+    }
+
+    /// Puts `view` in the empty `slot`. Grows four times once half full, and also when `view`
+    /// landed past its home slot while the table is small: every row of such a view would take
+    /// a second probe, a branch the CPU cannot predict when the views come in random order.
     pub(crate) fn insert(&mut self, slot: usize, view: u128, number: u32) {
         self.views[slot] = view;
         self.numbers[slot] = number;
         self.distinct += 1;
-        if self.distinct * 2 > self.views.len() {
+        let collided = slot != self.home(view) && self.views.len() < Self::SMALL;
+        if self.distinct * 2 > self.views.len() || collided {
             let old = std::mem::replace(
                 self,
                 SeenViews {
@@ -108,5 +118,30 @@ impl SeenViews {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_view_that_lands_past_its_home_slot_grows_a_small_table() {
+        let mut seen = SeenViews::default();
+        let first = 1u128;
+        let home = seen.home(first);
+        let second = (2..u128::MAX)
+            .find(|&view| seen.home(view) == home)
+            .unwrap();
+        let slot = seen.slot(first);
+        seen.insert(slot, first, 10);
+        let slot = seen.slot(second);
+        assert_ne!(slot, home);
+        seen.insert(slot, second, 20);
+        assert_eq!(seen.views.len(), 256);
+        for (view, number) in [(first, 10), (second, 20)] {
+            assert_eq!(seen.numbers[seen.slot(view)], number);
+        }
+        assert_eq!(seen.numbers[seen.slot(3)], SeenViews::EMPTY);
     }
 }

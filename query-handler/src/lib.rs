@@ -18,6 +18,7 @@
 pub mod cache;
 pub mod codes;
 pub mod counts;
+pub mod dense;
 pub mod engine;
 pub mod error;
 pub mod kernels;

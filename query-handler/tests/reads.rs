@@ -547,8 +547,10 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
 /// What a plain DataFusion session answers to `sql` on the snapshot's table, as one batch.
 async fn datafusions_answer(sql: &str, snapshot: &Snapshot) -> RecordBatch {
     let ctx = engine::session(snapshot, &limits()).unwrap();
-    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+    let frame = ctx.sql(sql).await.unwrap();
+    let schema = Arc::new(frame.schema().as_arrow().clone());
+    let batches = frame.collect().await.unwrap();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
 }
 
 /// The columns the table scans of `plan` read.
@@ -668,11 +670,21 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
     let with_rewrite = with_low_cardinality();
     let low_cardinality = &with_rewrite.low_cardinality;
 
-    for (sql, numbered) in [
+    for (sql, numbered, dense) in [
         // The suite's count_by_type.
         (
             "SELECT type, count(*) AS n, count(post_id) AS posts, count(DISTINCT platform) AS platforms \
              FROM notifications GROUP BY type ORDER BY type",
+            true,
+            true,
+        ),
+        // Distinct counts and counts under FILTER, one of them distinct: each row counts only
+        // where its condition holds.
+        (
+            "SELECT type, count(DISTINCT platform) FILTER (WHERE occurred_at < TIMESTAMP '2026-11-21 00:00:00') AS first_day_platforms, \
+                    count(*) FILTER (WHERE text IS NULL) AS without_text, max(occurred_at) AS last_at \
+             FROM notifications GROUP BY type ORDER BY type",
+            true,
             true,
         ),
         // A group with nulls; min needs the strings themselves, text is not numbered.
@@ -681,6 +693,14 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
                     min(type) AS first_type, count(DISTINCT text) AS texts \
              FROM notifications GROUP BY lang ORDER BY lang NULLS FIRST",
             true,
+            false,
+        ),
+        // A group with nulls whose aggregates all have grouped accumulators.
+        (
+            "SELECT lang, count(*) AS n, count(DISTINCT platform) AS platforms, \
+                    min(occurred_at) AS first_at FROM notifications GROUP BY lang ORDER BY lang NULLS FIRST",
+            true,
+            true,
         ),
         // Under a filter, with HAVING.
         (
@@ -688,17 +708,20 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
              FROM notifications WHERE platform <> 'b' GROUP BY type \
              HAVING count(*) > 1 ORDER BY type",
             true,
+            true,
         ),
         // A group computed from a low-cardinality column: grouped by the column first, which is
         // numbered.
         (
             "SELECT upper(type) AS t, count(*) AS n FROM notifications GROUP BY upper(type) ORDER BY t",
             true,
+            true,
         ),
         // Two groups: DataFusion groups the strings about as fast as numbers.
         (
             "SELECT platform, lang, count(*) AS n FROM notifications \
              GROUP BY platform, lang ORDER BY platform, lang NULLS FIRST",
+            false,
             false,
         ),
         // The pivot's regrouped inner aggregate has two groups too.
@@ -707,15 +730,18 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
                     count(*) FILTER (WHERE type NOT LIKE 'post.%') AS other \
              FROM notifications GROUP BY platform ORDER BY platform",
             false,
+            false,
         ),
         // A group that is not numbered: its distinct counts are not either.
         (
             "SELECT day, count(DISTINCT platform) AS platforms FROM notifications \
              GROUP BY day ORDER BY day",
             false,
+            false,
         ),
         (
             "SELECT count(DISTINCT platform) AS platforms, count(*) AS n FROM notifications",
+            false,
             false,
         ),
         // Grouping sets.
@@ -723,11 +749,13 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
             "SELECT platform, count(*) AS n FROM notifications \
              GROUP BY ROLLUP (platform) ORDER BY platform NULLS FIRST",
             false,
+            false,
         ),
         // Over a join, not over the table.
         (
             "SELECT a.type, count(*) AS n FROM notifications a JOIN notifications b ON a.id = b.id \
              GROUP BY a.type ORDER BY a.type",
+            false,
             false,
         ),
     ] {
@@ -738,9 +766,42 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
         assert_eq!(calls(&plan, "string_of"), numbered, "{sql}: {plan}");
         let expected = datafusions_answer(sql, &snapshot).await;
         assert!(expected.num_rows() > 0, "{sql}");
-        let got = answer_with(sql, &snapshot, with_rewrite.clone()).await;
-        assert_eq!(got, expected.columns(), "{sql}");
+        // One partition aggregates in a single step, which gives values instead of states.
+        for partitions in [1, 3] {
+            let limits = Limits {
+                session: SessionConfig::new().with_target_partitions(partitions),
+                ..with_rewrite.clone()
+            };
+            let physical = physical_plan(sql, &snapshot, &limits).await;
+            assert_eq!(
+                physical.contains("CodeAggregateExec"),
+                dense,
+                "{sql}:\n{physical}"
+            );
+            let got = answer_with(sql, &snapshot, limits).await;
+            assert_eq!(got, expected.columns(), "{sql} on {partitions} partitions");
+        }
     }
+
+    // No rows at all: no groups, and the same empty answer.
+    let sql = "SELECT type, count(*) AS n, count(DISTINCT platform) AS platforms FROM notifications \
+               WHERE post_id = 'none' GROUP BY type ORDER BY type";
+    let physical = physical_plan(sql, &snapshot, &with_rewrite).await;
+    assert!(physical.contains("CodeAggregateExec"), "{physical}");
+    let expected = datafusions_answer(sql, &snapshot).await;
+    assert_eq!(expected.num_rows(), 0);
+    let got = answer_with(sql, &snapshot, with_rewrite.clone()).await;
+    assert_eq!(got, expected.columns());
+}
+
+/// The handler's physical plan of `sql`, as EXPLAIN shows it.
+async fn physical_plan(sql: &str, snapshot: &Arc<Snapshot>, limits: &Limits) -> String {
+    let ctx = engine::session(snapshot, limits).unwrap();
+    let parsed = engine::parse(sql).unwrap();
+    let (plan, _) = engine::plan(&ctx, parsed.statement, snapshot, limits)
+        .await
+        .unwrap();
+    displayable(plan.as_ref()).indent(true).to_string()
 }
 
 /// Whether `plan` holds an `IS NOT NULL` of `column`, in a filter or in a scan's filters.

@@ -1,0 +1,550 @@
+//! Aggregation whose one group is a string number, without a hash table.
+//!
+//! [`crate::codes`] makes `GROUP BY type` group by `code(type)`, the query's small number for
+//! each string. DataFusion's aggregate still hashes each row's number into its table of
+//! groups (`GroupValuesPrimitive::intern`, 12–20% of `count_by_type`'s time, bench/README.md).
+//! The numbers are dense, 0, 1, 2, … in the order the query meets the strings, so
+//! [`CodeAggregateExec`] finds a row's group by indexing a vector with its number instead. It
+//! keeps everything else of the `AggregateExec` it replaces: the same accumulators, fed the same
+//! arguments and filters, and the same output schema, so the `AggregateExec` above it merges its
+//! output unchanged.
+//!
+//! Replaced: aggregates that read rows (partial or single mode), whose one group is `code(…)`,
+//! and whose aggregates all have a grouped accumulator and no `ORDER BY` of their own.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int64Array, ListArray, UInt32Array,
+};
+use datafusion::arrow::buffer::OffsetBuffer;
+use datafusion::arrow::datatypes::{DataType, FieldRef, UInt32Type};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Result, internal_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
+use datafusion::physical_plan::aggregates::{
+    AggregateExec, AggregateInputMode, AggregateOutputMode, aggregate_expressions, evaluate_many,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    SendableRecordBatchStream, replace_children_if_necessary,
+};
+use futures::StreamExt;
+
+use crate::codes::is_code;
+use crate::error::QueryError;
+
+/// Replaces every aggregate of `plan` that qualifies (see the module's comment).
+pub fn aggregate_by_codes(
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>, QueryError> {
+    Ok(plan
+        .transform_up(|node| {
+            let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {
+                return Ok(Transformed::no(node));
+            };
+            if !qualifies(aggregate) {
+                return Ok(Transformed::no(node));
+            }
+            let aggregate = Arc::new(aggregate.clone());
+            Ok(Transformed::yes(
+                Arc::new(CodeAggregateExec { aggregate }) as Arc<dyn ExecutionPlan>
+            ))
+        })?
+        .data)
+}
+
+fn qualifies(aggregate: &AggregateExec) -> bool {
+    let groups = aggregate.group_expr();
+    aggregate.mode().input_mode() == AggregateInputMode::Raw
+        && groups.is_single()
+        && matches!(groups.expr(), [(group, _)] if is_code(group.as_ref()))
+        && aggregate.limit_options().is_none()
+        && aggregate.dynamic_expressions_produced().is_empty()
+        && aggregate
+            .aggr_expr()
+            .iter()
+            .all(|expr| expr.groups_accumulator_supported() && expr.order_bys().is_empty())
+}
+
+/// An `AggregateExec` that finds each row's group by its `code(…)` (see the module's comment).
+#[derive(Debug)]
+pub struct CodeAggregateExec {
+    aggregate: Arc<AggregateExec>,
+}
+
+impl DisplayAs for CodeAggregateExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names = |exprs: Vec<String>| exprs.join(", ");
+        write!(
+            f,
+            "CodeAggregateExec: mode={:?}, gby=[{}], aggr=[{}]",
+            self.aggregate.mode(),
+            names(
+                self.aggregate
+                    .group_expr()
+                    .expr()
+                    .iter()
+                    .map(|(expr, name)| format!("{expr} as {name}"))
+                    .collect()
+            ),
+            names(
+                self.aggregate
+                    .aggr_expr()
+                    .iter()
+                    .map(|expr| expr.name().to_string())
+                    .collect()
+            ),
+        )
+    }
+}
+
+impl ExecutionPlan for CodeAggregateExec {
+    fn name(&self) -> &str {
+        "CodeAggregateExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        self.aggregate.properties()
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![self.aggregate.input()]
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        self.aggregate.apply_expressions(f)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let aggregate = replace_children_if_necessary(Arc::clone(&self.aggregate) as _, children)?;
+        let Some(aggregate) = aggregate.downcast_ref::<AggregateExec>() else {
+            return internal_err!("an AggregateExec with new children is an AggregateExec");
+        };
+        Ok(Arc::new(CodeAggregateExec {
+            aggregate: Arc::new(aggregate.clone()),
+        }))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let aggregate = &self.aggregate;
+        let input = aggregate.input().execute(partition, Arc::clone(&context))?;
+        let accumulators = aggregate
+            .aggr_expr()
+            .iter()
+            .map(|expr| match DistinctCodes::counting(expr)? {
+                Some(distinct) => Ok(Box::new(distinct) as Box<dyn GroupsAccumulator>),
+                None => expr.create_groups_accumulator(),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut groups = Groups {
+            group: Arc::clone(&aggregate.group_expr().expr()[0].0),
+            arguments: aggregate_expressions(aggregate.aggr_expr(), aggregate.mode(), 0)?,
+            filters: aggregate.filter_expr().to_vec(),
+            accumulators,
+            final_values: aggregate.mode().output_mode() == AggregateOutputMode::Final,
+            group_of_code: Vec::new(),
+            codes: Vec::new(),
+            null_group: None,
+            indices: Vec::new(),
+            reservation: MemoryConsumer::new(format!("CodeAggregateExec[{partition}]"))
+                .register(context.memory_pool()),
+        };
+        let schema = aggregate.schema();
+        let output_schema = Arc::clone(&schema);
+        let output = futures::stream::once(async move {
+            let mut input = input;
+            while let Some(batch) = input.next().await {
+                groups.add(&batch?)?;
+            }
+            groups.emit(output_schema)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
+    }
+}
+
+/// One partition's groups and accumulators.
+struct Groups {
+    /// The `code(…)` each row is grouped by.
+    group: Arc<dyn PhysicalExpr>,
+    /// Each accumulator's arguments and `FILTER`.
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
+    filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
+    accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    /// Whether the output is the aggregates' values (single mode) or their states (partial).
+    final_values: bool,
+    /// The group of each number, [`Groups::NONE`] for a number not met yet.
+    group_of_code: Vec<u32>,
+    /// The number of each group, None for the group of nulls.
+    codes: Vec<Option<u32>>,
+    null_group: Option<u32>,
+    /// The group of each row of the current batch.
+    indices: Vec<usize>,
+    reservation: MemoryReservation,
+}
+
+impl Groups {
+    const NONE: u32 = u32::MAX;
+
+    fn add(&mut self, batch: &RecordBatch) -> Result<()> {
+        let codes = self.group.evaluate(batch)?.into_array(batch.num_rows())?;
+        let Some(codes) = codes.as_primitive_opt::<UInt32Type>() else {
+            return internal_err!("code(…) gave {}, not UInt32", codes.data_type());
+        };
+        self.assign(codes);
+        let groups = self.codes.len();
+        let arguments = evaluate_many(&self.arguments, batch)?;
+        for ((accumulator, values), filter) in self
+            .accumulators
+            .iter_mut()
+            .zip(&arguments)
+            .zip(&self.filters)
+        {
+            let filter = match filter {
+                Some(filter) => Some(filter.evaluate(batch)?.into_array(batch.num_rows())?),
+                None => None,
+            };
+            let filter: Option<&BooleanArray> = filter.as_ref().map(|f| f.as_boolean());
+            accumulator.update_batch(values, &self.indices, filter, groups)?;
+        }
+        let bytes = self.accumulators.iter().map(|a| a.size()).sum::<usize>()
+            + self.group_of_code.capacity() * size_of::<u32>()
+            + self.codes.capacity() * size_of::<Option<u32>>()
+            + self.indices.capacity() * size_of::<usize>();
+        self.reservation.try_resize(bytes)
+    }
+
+    /// Sets `indices` to the group of each row, adding groups for numbers met the first time.
+    fn assign(&mut self, codes: &UInt32Array) {
+        self.indices.clear();
+        let nulls = codes.nulls().filter(|nulls| nulls.null_count() > 0);
+        if let Some(&largest) = codes.values().iter().max()
+            && largest as usize >= self.group_of_code.len()
+        {
+            self.group_of_code.resize(largest as usize + 1, Self::NONE);
+        }
+        for (row, &code) in codes.values().iter().enumerate() {
+            let group = if nulls.is_some_and(|nulls| nulls.is_null(row)) {
+                *self.null_group.get_or_insert_with(|| {
+                    self.codes.push(None);
+                    (self.codes.len() - 1) as u32
+                })
+            } else {
+                let group = &mut self.group_of_code[code as usize];
+                if *group == Self::NONE {
+                    *group = self.codes.len() as u32;
+                    self.codes.push(Some(code));
+                }
+                *group
+            };
+            self.indices.push(group as usize);
+        }
+    }
+
+    /// The groups' numbers and the aggregates' values or states, in the `AggregateExec`'s
+    /// schema.
+    fn emit(mut self, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
+        if self.codes.is_empty() {
+            return Ok(RecordBatch::new_empty(schema));
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(
+            self.codes.iter().copied().collect::<UInt32Array>(),
+        )];
+        for accumulator in &mut self.accumulators {
+            if self.final_values {
+                columns.push(accumulator.evaluate(EmitTo::All)?);
+            } else {
+                columns.extend(accumulator.state(EmitTo::All)?);
+            }
+        }
+        Ok(RecordBatch::try_new(schema, columns)?)
+    }
+}
+
+/// `count(DISTINCT code(…))`: a set of numbers per group, as bits. DataFusion's grouped distinct
+/// count hashes each row's (group, number) pair into a set (12% of `count_by_type`); the numbers
+/// are dense, so a bit per number and group does.
+struct DistinctCodes {
+    /// The bits of each group, a bit per number.
+    seen: Vec<Vec<u64>>,
+    /// The state's list field, as DataFusion's `count(DISTINCT)` declares it.
+    item: FieldRef,
+}
+
+impl DistinctCodes {
+    /// The accumulator for `expr` when it is `count(DISTINCT code(…))`.
+    fn counting(expr: &AggregateFunctionExpr) -> Result<Option<Self>> {
+        let arguments = expr.expressions();
+        if expr.fun().name() != "count"
+            || !expr.is_distinct()
+            || !matches!(arguments.as_slice(), [argument] if is_code(argument.as_ref()))
+        {
+            return Ok(None);
+        }
+        let fields = expr.state_fields()?;
+        let [field] = fields.as_slice() else {
+            return internal_err!("count(DISTINCT) has one state field");
+        };
+        let DataType::List(item) = field.data_type() else {
+            return internal_err!(
+                "count(DISTINCT)'s state is a list, not {}",
+                field.data_type()
+            );
+        };
+        Ok(Some(DistinctCodes {
+            seen: Vec::new(),
+            item: Arc::clone(item),
+        }))
+    }
+
+    fn insert(&mut self, group: usize, code: u32) {
+        let (word, bit) = (code as usize / 64, code % 64);
+        let bits = &mut self.seen[group];
+        if word >= bits.len() {
+            bits.resize(word + 1, 0);
+        }
+        bits[word] |= 1 << bit;
+    }
+
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<u64>> {
+        emit_to.take_needed(&mut self.seen)
+    }
+}
+
+impl GroupsAccumulator for DistinctCodes {
+    fn update_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        opt_filter: Option<&BooleanArray>,
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.seen.resize_with(total_num_groups, Vec::new);
+        let Some(codes) = values[0].as_primitive_opt::<UInt32Type>() else {
+            return internal_err!("code(…) gave {}, not UInt32", values[0].data_type());
+        };
+        for (row, (&group, &code)) in group_indices.iter().zip(codes.values()).enumerate() {
+            let counted = codes.is_valid(row)
+                && opt_filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row));
+            if counted {
+                self.insert(group, code);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
+        let counts: Int64Array = self
+            .take(emit_to)
+            .iter()
+            .map(|bits| {
+                bits.iter()
+                    .map(|word| i64::from(word.count_ones()))
+                    .sum::<i64>()
+            })
+            .map(Some)
+            .collect();
+        Ok(Arc::new(counts))
+    }
+
+    fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
+        let groups = self.take(emit_to);
+        let mut offsets = Vec::with_capacity(groups.len() + 1);
+        let mut codes = Vec::new();
+        offsets.push(0i32);
+        for bits in &groups {
+            for (word, &value) in bits.iter().enumerate() {
+                let mut rest = value;
+                while rest != 0 {
+                    codes.push(word as u32 * 64 + rest.trailing_zeros());
+                    rest &= rest - 1;
+                }
+            }
+            offsets.push(i32::try_from(codes.len()).map_err(|_| {
+                datafusion::common::DataFusionError::ResourcesExhausted(
+                    "more than 2^31 distinct numbers in one partition".into(),
+                )
+            })?);
+        }
+        let list = ListArray::try_new(
+            Arc::clone(&self.item),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(UInt32Array::from(codes)),
+            None,
+        )?;
+        Ok(vec![Arc::new(list)])
+    }
+
+    fn merge_batch(
+        &mut self,
+        values: &[ArrayRef],
+        group_indices: &[usize],
+        total_num_groups: usize,
+    ) -> Result<()> {
+        self.seen.resize_with(total_num_groups, Vec::new);
+        let lists = values[0].as_list::<i32>();
+        for (row, &group) in group_indices.iter().enumerate() {
+            if lists.is_null(row) {
+                continue;
+            }
+            let codes = lists.value(row);
+            let Some(codes) = codes.as_primitive_opt::<UInt32Type>() else {
+                return internal_err!(
+                    "count(DISTINCT code(…))'s state holds {}",
+                    codes.data_type()
+                );
+            };
+            for code in codes.iter().flatten() {
+                self.insert(group, code);
+            }
+        }
+        Ok(())
+    }
+
+    /// Each row's state on its own: a list of its number, empty when it is not counted.
+    fn convert_to_state(
+        &self,
+        values: &[ArrayRef],
+        opt_filter: Option<&BooleanArray>,
+    ) -> Result<Vec<ArrayRef>> {
+        let Some(codes) = values[0].as_primitive_opt::<UInt32Type>() else {
+            return internal_err!("code(…) gave {}, not UInt32", values[0].data_type());
+        };
+        let mut offsets = Vec::with_capacity(codes.len() + 1);
+        let mut counted = Vec::with_capacity(codes.len());
+        offsets.push(0i32);
+        for (row, &code) in codes.values().iter().enumerate() {
+            if codes.is_valid(row)
+                && opt_filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row))
+            {
+                counted.push(code);
+            }
+            offsets.push(counted.len() as i32);
+        }
+        let list = ListArray::try_new(
+            Arc::clone(&self.item),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(UInt32Array::from(counted)),
+            None,
+        )?;
+        Ok(vec![Arc::new(list)])
+    }
+
+    fn size(&self) -> usize {
+        self.seen.capacity() * size_of::<Vec<u64>>()
+            + self
+                .seen
+                .iter()
+                .map(|bits| bits.capacity() * 8)
+                .sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::datatypes::Field;
+
+    use super::*;
+
+    fn distinct() -> DistinctCodes {
+        DistinctCodes {
+            seen: Vec::new(),
+            item: Arc::new(Field::new_list_field(DataType::UInt32, true)),
+        }
+    }
+
+    fn counts(accumulator: &mut DistinctCodes, emit_to: EmitTo) -> Vec<i64> {
+        let counts = accumulator.evaluate(emit_to).unwrap();
+        counts
+            .as_primitive::<datafusion::arrow::datatypes::Int64Type>()
+            .values()
+            .to_vec()
+    }
+
+    #[test]
+    fn distinct_numbers_are_counted_per_group_past_nulls_and_filters_and_survive_their_state() {
+        let codes: ArrayRef = Arc::new(UInt32Array::from(vec![
+            Some(3),
+            Some(3),
+            None,
+            Some(200),
+            Some(0),
+            Some(3),
+            Some(7),
+        ]));
+        let groups = [0, 0, 0, 1, 1, 1, 2];
+        // The last row is filtered out, and a null filter does not count either.
+        let filter = BooleanArray::from(vec![
+            Some(true),
+            Some(true),
+            Some(true),
+            Some(true),
+            None,
+            Some(true),
+            Some(false),
+        ]);
+        let mut accumulator = distinct();
+        accumulator
+            .update_batch(std::slice::from_ref(&codes), &groups, Some(&filter), 3)
+            .unwrap();
+        let state = accumulator.state(EmitTo::All).unwrap();
+        let lists = state[0].as_list::<i32>();
+        let list = |row| {
+            let values = lists.value(row);
+            values.as_primitive::<UInt32Type>().values().to_vec()
+        };
+        assert_eq!((list(0), list(1), list(2)), (vec![3], vec![3, 200], vec![]));
+
+        // The state merges back to the same counts, and again with each row's own state.
+        let mut merged = distinct();
+        merged.merge_batch(&state, &[0, 1, 2], 3).unwrap();
+        let rows = distinct()
+            .convert_to_state(std::slice::from_ref(&codes), Some(&filter))
+            .unwrap();
+        merged.merge_batch(&rows, &groups, 3).unwrap();
+        assert_eq!(counts(&mut merged, EmitTo::First(2)), [1, 2]);
+        assert_eq!(counts(&mut merged, EmitTo::All), [0]);
+    }
+
+    #[test]
+    fn rows_find_their_groups_by_number_and_nulls_share_one() {
+        let mut groups = Groups {
+            group: Arc::new(datafusion::physical_expr::expressions::Column::new(
+                "code", 0,
+            )),
+            arguments: Vec::new(),
+            filters: Vec::new(),
+            accumulators: Vec::new(),
+            final_values: false,
+            group_of_code: Vec::new(),
+            codes: Vec::new(),
+            null_group: None,
+            indices: Vec::new(),
+            reservation: MemoryConsumer::new("test").register(
+                &(Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default())
+                    as _),
+            ),
+        };
+        groups.assign(&UInt32Array::from(vec![Some(5), None, Some(1), Some(5)]));
+        assert_eq!(groups.indices, [0, 1, 2, 0]);
+        groups.assign(&UInt32Array::from(vec![Some(1), Some(900), None]));
+        assert_eq!(groups.indices, [2, 3, 1]);
+        assert_eq!(groups.codes, [Some(5), None, Some(1), Some(900)]);
+    }
+}
