@@ -5,7 +5,7 @@
 //! handful of values each, so the handler numbers their strings instead: [`Code`] gives each
 //! distinct string of the query a small number, once per distinct view of a batch (rows from
 //! the same Parquet dictionary entry share their 16-byte view, see `kernels::like`), and the
-//! aggregate groups by that number, which DataFusion does with its table for integers.
+//! aggregate groups by that number, with [`crate::dense`]'s table indexed by it.
 //! [`StringOf`] turns the numbers of the few result rows back into their strings:
 //!
 //! ```text
@@ -19,20 +19,20 @@
 //!     TableScan: notifications
 //! ```
 //!
-//! `count(DISTINCT platform)` counts distinct numbers, with DataFusion's grouped accumulator for
-//! integers instead of a set of strings per group. The numbering is exact whatever the data
-//! holds: equal strings get equal numbers and nulls stay null, so the groups and counts are
-//! the same. Only the speed depends on the columns holding few values; the numbers live as long
-//! as the query, in memory outside its pool, one copy of each distinct string.
+//! `count(DISTINCT platform)` counts distinct numbers, with a bit per number and group instead of
+//! a set of strings per group. The numbering is exact whatever the data holds: equal strings get
+//! equal numbers and nulls stay null, so the groups and counts are the same. Only the speed
+//! depends on the columns holding few values; the numbers live as long as the query, in memory
+//! outside its pool, one copy of each distinct string.
 //!
 //! Rewritten: aggregates whose input is the table itself (under filters, aliases and
-//! projections that pick columns) and whose one group is a low-cardinality string column; their
-//! `count(DISTINCT …)` of such columns too. Measured on 1M rows (bench/README.md), numbering pays
-//! for one group and costs for more: DataFusion's grouping by several columns handles short
-//! string views about as fast as numbers, so numbering two columns adds more per row than it
-//! saves (`GROUP BY platform, type` 15–30% slower), and so does a distinct count under a group
-//! that is not numbered (`GROUP BY day`, 11–15% slower). Not `min`/`max`, which need the strings'
-//! order.
+//! projections that pick columns) and whose groups, one or two, are all low-cardinality string
+//! columns; their `count(DISTINCT …)` of such columns too. The numbers pay because
+//! [`crate::dense`] then finds a row's group by indexing a table with them, without hashing:
+//! with DataFusion's own grouping of the numbers, numbering two columns was 15–30% slower than
+//! grouping the strings (bench/README.md), and with the handler's it is 10–20% faster. Not more
+//! groups, not under a group that is not numbered (a numbered `count(DISTINCT platform)` under
+//! `GROUP BY day` was 11–15% slower), and not `min`/`max`, which need the strings' order.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -61,6 +61,9 @@ use crate::replica::Snapshot;
 
 /// More distinct views than this in one batch, and the batch is numbered row by row.
 const MAX_DISTINCT: usize = 1024;
+
+/// The most groups an aggregate may have to be numbered; [`crate::dense`] groups by as many.
+pub(crate) const MAX_GROUPS: usize = 2;
 
 /// Rewrites every aggregate of `plan` that qualifies (see the module's comment). `plan` must be
 /// optimized.
@@ -95,10 +98,10 @@ fn rewrite(
     strings: &Arc<Strings>,
 ) -> Result<Option<LogicalPlan>> {
     let input = aggregate.input.schema();
-    // One group, a column: see the module's comment for why not more.
-    let [group] = aggregate.group_expr.as_slice() else {
+    // One group or two, every one numbered: see the module's comment.
+    if !(1..=MAX_GROUPS).contains(&aggregate.group_expr.len()) {
         return Ok(None);
-    };
+    }
     // The string type of `expr` when it is a low-cardinality column of strings.
     let coded = |expr: &Expr| -> Result<Option<DataType>> {
         let Expr::Column(column) = expr else {
@@ -121,10 +124,15 @@ fn rewrite(
         ))
     };
 
-    let Some(group_type) = coded(group)? else {
-        return Ok(None);
-    };
-    let groups = vec![code(group.clone()).alias("__sluice_code")];
+    let mut group_types = Vec::with_capacity(aggregate.group_expr.len());
+    let mut groups = Vec::with_capacity(aggregate.group_expr.len());
+    for (i, group) in aggregate.group_expr.iter().enumerate() {
+        let Some(group_type) = coded(group)? else {
+            return Ok(None);
+        };
+        group_types.push(group_type);
+        groups.push(code(group.clone()).alias(format!("__sluice_code_{i}")));
+    }
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for expr in &aggregate.aggr_expr {
         let (inner, alias) = match expr {
@@ -170,16 +178,15 @@ fn rewrite(
         .map(|i| {
             let (qualifier, field) = original.qualified_field(i);
             let value = Expr::Column(Column::from(numbered.schema().qualified_field(i)));
-            let value = if i == 0 {
-                Expr::ScalarFunction(ScalarFunction::new_udf(
+            let value = match group_types.get(i) {
+                Some(group_type) => Expr::ScalarFunction(ScalarFunction::new_udf(
                     Arc::new(ScalarUDF::new_from_impl(StringOf::new(
                         strings,
                         group_type.clone(),
                     ))),
                     vec![value],
-                ))
-            } else {
-                value
+                )),
+                None => value,
             };
             value.alias_qualified(qualifier.cloned(), field.name())
         })

@@ -1,4 +1,4 @@
-//! Aggregation whose one group is a string number, without a hash table.
+//! Aggregation whose groups are string numbers, without a hash table.
 //!
 //! [`crate::codes`] makes `GROUP BY type` group by `code(type)`, the query's small number for
 //! each string. DataFusion's aggregate still hashes each row's number into its table of
@@ -9,9 +9,13 @@
 //! arguments and filters, and the same output schema, so the `AggregateExec` above it merges its
 //! output unchanged.
 //!
-//! Replaced: aggregates that read rows (partial or single mode), whose one group is `code(…)`,
-//! and whose aggregates all have a grouped accumulator and no `ORDER BY` of their own.
+//! With two groups, `GROUP BY platform, type`, the table is indexed by both numbers in turn.
+//!
+//! Replaced: aggregates that read rows (partial or single mode), whose groups are all `code(…)`,
+//! one or two of them ([`MAX_GROUPS`]), and whose aggregates all have a grouped accumulator and
+//! no `ORDER BY` of their own.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -37,7 +41,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::codes::is_code;
+use crate::codes::{MAX_GROUPS, is_code};
 use crate::error::QueryError;
 
 /// Replaces every aggregate of `plan` that qualifies (see the module's comment).
@@ -64,7 +68,11 @@ fn qualifies(aggregate: &AggregateExec) -> bool {
     let groups = aggregate.group_expr();
     aggregate.mode().input_mode() == AggregateInputMode::Raw
         && groups.is_single()
-        && matches!(groups.expr(), [(group, _)] if is_code(group.as_ref()))
+        && (1..=MAX_GROUPS).contains(&groups.expr().len())
+        && groups
+            .expr()
+            .iter()
+            .all(|(group, _)| is_code(group.as_ref()))
         && aggregate.limit_options().is_none()
         && aggregate.dynamic_expressions_produced().is_empty()
         && aggregate
@@ -73,7 +81,7 @@ fn qualifies(aggregate: &AggregateExec) -> bool {
             .all(|expr| expr.groups_accumulator_supported() && expr.order_bys().is_empty())
 }
 
-/// An `AggregateExec` that finds each row's group by its `code(…)` (see the module's comment).
+/// An `AggregateExec` that finds each row's group by its `code(…)`s (see the module's comment).
 #[derive(Debug)]
 pub struct CodeAggregateExec {
     aggregate: Arc<AggregateExec>,
@@ -153,15 +161,16 @@ impl ExecutionPlan for CodeAggregateExec {
                 None => expr.create_groups_accumulator(),
             })
             .collect::<Result<Vec<_>>>()?;
+        let groups = aggregate.group_expr().expr();
         let mut groups = Groups {
-            group: Arc::clone(&aggregate.group_expr().expr()[0].0),
+            groups: groups.iter().map(|(expr, _)| Arc::clone(expr)).collect(),
+            keys: vec![Vec::new(); groups.len()],
             arguments: aggregate_expressions(aggregate.aggr_expr(), aggregate.mode(), 0)?,
             filters: aggregate.filter_expr().to_vec(),
             accumulators,
             final_values: aggregate.mode().output_mode() == AggregateOutputMode::Final,
-            group_of_code: Vec::new(),
-            codes: Vec::new(),
-            null_group: None,
+            table: Vec::new(),
+            wide: None,
             indices: Vec::new(),
             reservation: MemoryConsumer::new(format!("CodeAggregateExec[{partition}]"))
                 .register(context.memory_pool()),
@@ -181,19 +190,22 @@ impl ExecutionPlan for CodeAggregateExec {
 
 /// One partition's groups and accumulators.
 struct Groups {
-    /// The `code(…)` each row is grouped by.
-    group: Arc<dyn PhysicalExpr>,
+    /// The `code(…)`s each row is grouped by, one or two.
+    groups: Vec<Arc<dyn PhysicalExpr>>,
     /// Each accumulator's arguments and `FILTER`.
     arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     /// Whether the output is the aggregates' values (single mode) or their states (partial).
     final_values: bool,
-    /// The group of each number, [`Groups::NONE`] for a number not met yet.
-    group_of_code: Vec<u32>,
-    /// The number of each group, None for the group of nulls.
-    codes: Vec<Option<u32>>,
-    null_group: Option<u32>,
+    /// The group of each slot of the first column (0 for null, the number + 1 otherwise) and,
+    /// under it, of each slot of the second; with one column, all under slot 0.
+    /// [`Groups::NONE`] for a combination not met yet.
+    table: Vec<Vec<u32>>,
+    /// The groups by slots, instead of `table` once it would pass [`Groups::MAX_TABLE`] slots.
+    wide: Option<HashMap<(usize, usize), u32>>,
+    /// Each column's number of each group, None for null.
+    keys: Vec<Vec<Option<u32>>>,
     /// The group of each row of the current batch.
     indices: Vec<usize>,
     reservation: MemoryReservation,
@@ -201,14 +213,24 @@ struct Groups {
 
 impl Groups {
     const NONE: u32 = u32::MAX;
+    /// The most slots `table` may have (16 MiB); past it, `wide` holds the groups.
+    const MAX_TABLE: usize = 1 << 22;
 
     fn add(&mut self, batch: &RecordBatch) -> Result<()> {
-        let codes = self.group.evaluate(batch)?.into_array(batch.num_rows())?;
-        let Some(codes) = codes.as_primitive_opt::<UInt32Type>() else {
-            return internal_err!("code(…) gave {}, not UInt32", codes.data_type());
-        };
-        self.assign(codes);
-        let groups = self.codes.len();
+        let columns = self
+            .groups
+            .iter()
+            .map(|group| group.evaluate(batch)?.into_array(batch.num_rows()))
+            .collect::<Result<Vec<_>>>()?;
+        let mut codes = Vec::with_capacity(columns.len());
+        for column in &columns {
+            let Some(column) = column.as_primitive_opt::<UInt32Type>() else {
+                return internal_err!("code(…) gave {}, not UInt32", column.data_type());
+            };
+            codes.push(column);
+        }
+        self.assign(&codes);
+        let groups = self.keys[0].len();
         let arguments = evaluate_many(&self.arguments, batch)?;
         for ((accumulator, values), filter) in self
             .accumulators
@@ -224,48 +246,101 @@ impl Groups {
             accumulator.update_batch(values, &self.indices, filter, groups)?;
         }
         let bytes = self.accumulators.iter().map(|a| a.size()).sum::<usize>()
-            + self.group_of_code.capacity() * size_of::<u32>()
-            + self.codes.capacity() * size_of::<Option<u32>>()
+            + self
+                .table
+                .iter()
+                .map(|slots| slots.capacity() * size_of::<u32>())
+                .sum::<usize>()
+            + self.wide.as_ref().map_or(0, |wide| wide.capacity() * 24)
+            + groups * self.keys.len() * size_of::<Option<u32>>()
             + self.indices.capacity() * size_of::<usize>();
         self.reservation.try_resize(bytes)
     }
 
-    /// Sets `indices` to the group of each row, adding groups for numbers met the first time.
-    fn assign(&mut self, codes: &UInt32Array) {
+    /// Sets `indices` to the group of each row, adding groups for combinations met the first
+    /// time.
+    fn assign(&mut self, columns: &[&UInt32Array]) {
         self.indices.clear();
-        let nulls = codes.nulls().filter(|nulls| nulls.null_count() > 0);
-        if let Some(&largest) = codes.values().iter().max()
-            && largest as usize >= self.group_of_code.len()
-        {
-            self.group_of_code.resize(largest as usize + 1, Self::NONE);
-        }
-        for (row, &code) in codes.values().iter().enumerate() {
-            let group = if nulls.is_some_and(|nulls| nulls.is_null(row)) {
-                *self.null_group.get_or_insert_with(|| {
-                    self.codes.push(None);
-                    (self.codes.len() - 1) as u32
-                })
+        let slot = |column: &UInt32Array, row: usize| {
+            if column.is_null(row) {
+                0
             } else {
-                let group = &mut self.group_of_code[code as usize];
-                if *group == Self::NONE {
-                    *group = self.codes.len() as u32;
-                    self.codes.push(Some(code));
+                column.values()[row] as usize + 1
+            }
+        };
+        let rows = columns.first().map_or(0, |column| column.len());
+        let (first, second) = match columns {
+            [first] => (None, *first),
+            [first, second] => (Some(*first), *second),
+            _ => unreachable!("one or two columns, MAX_GROUPS"),
+        };
+        // The largest slot of the last column, to grow its tables once per batch.
+        let widest = second
+            .values()
+            .iter()
+            .max()
+            .map_or(1, |&code| code as usize + 2);
+        let outermost = first.map_or(1, |first| {
+            first
+                .values()
+                .iter()
+                .max()
+                .map_or(1, |&code| code as usize + 2)
+        });
+        if self.wide.is_none() && outermost.max(self.table.len()) * widest > Self::MAX_TABLE {
+            // Two columns of many values: a table of every combination would not fit.
+            let mut wide = HashMap::with_capacity(self.keys[0].len());
+            for (outer, slots) in self.table.iter().enumerate() {
+                for (inner, &group) in slots.iter().enumerate() {
+                    if group != Self::NONE {
+                        wide.insert((outer, inner), group);
+                    }
                 }
-                *group
+            }
+            self.table = Vec::new();
+            self.wide = Some(wide);
+        }
+        for row in 0..rows {
+            let outer = first.map_or(0, |first| slot(first, row));
+            let inner = slot(second, row);
+            let next = self.keys[0].len() as u32;
+            let group = match &mut self.wide {
+                Some(wide) => wide.entry((outer, inner)).or_insert(next),
+                None => {
+                    if outer >= self.table.len() {
+                        self.table.resize_with(outer + 1, Vec::new);
+                    }
+                    let slots = &mut self.table[outer];
+                    if slots.len() < widest {
+                        slots.resize(widest, Self::NONE);
+                    }
+                    let group = &mut slots[inner];
+                    if *group == Self::NONE {
+                        *group = next;
+                    }
+                    group
+                }
             };
-            self.indices.push(group as usize);
+            if *group == next {
+                for (keys, column) in self.keys.iter_mut().zip(columns) {
+                    keys.push(column.is_valid(row).then(|| column.values()[row]));
+                }
+            }
+            self.indices.push(*group as usize);
         }
     }
 
     /// The groups' numbers and the aggregates' values or states, in the `AggregateExec`'s
     /// schema.
     fn emit(mut self, schema: datafusion::arrow::datatypes::SchemaRef) -> Result<RecordBatch> {
-        if self.codes.is_empty() {
+        if self.keys[0].is_empty() {
             return Ok(RecordBatch::new_empty(schema));
         }
-        let mut columns: Vec<ArrayRef> = vec![Arc::new(
-            self.codes.iter().copied().collect::<UInt32Array>(),
-        )];
+        let mut columns: Vec<ArrayRef> = self
+            .keys
+            .iter()
+            .map(|keys| Arc::new(keys.iter().copied().collect::<UInt32Array>()) as ArrayRef)
+            .collect();
         for accumulator in &mut self.accumulators {
             if self.final_values {
                 columns.push(accumulator.evaluate(EmitTo::All)?);
@@ -523,28 +598,57 @@ mod tests {
     }
 
     #[test]
-    fn rows_find_their_groups_by_number_and_nulls_share_one() {
-        let mut groups = Groups {
-            group: Arc::new(datafusion::physical_expr::expressions::Column::new(
-                "code", 0,
-            )),
+    fn rows_find_their_groups_by_their_numbers_and_nulls_share_one() {
+        let groups = |columns: usize| Groups {
+            groups: Vec::new(),
             arguments: Vec::new(),
             filters: Vec::new(),
             accumulators: Vec::new(),
             final_values: false,
-            group_of_code: Vec::new(),
-            codes: Vec::new(),
-            null_group: None,
+            table: Vec::new(),
+            wide: None,
+            keys: vec![Vec::new(); columns],
             indices: Vec::new(),
             reservation: MemoryConsumer::new("test").register(
                 &(Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default())
                     as _),
             ),
         };
-        groups.assign(&UInt32Array::from(vec![Some(5), None, Some(1), Some(5)]));
-        assert_eq!(groups.indices, [0, 1, 2, 0]);
-        groups.assign(&UInt32Array::from(vec![Some(1), Some(900), None]));
-        assert_eq!(groups.indices, [2, 3, 1]);
-        assert_eq!(groups.codes, [Some(5), None, Some(1), Some(900)]);
+        let mut one = groups(1);
+        one.assign(&[&UInt32Array::from(vec![Some(5), None, Some(1), Some(5)])]);
+        assert_eq!(one.indices, [0, 1, 2, 0]);
+        one.assign(&[&UInt32Array::from(vec![Some(1), Some(900), None])]);
+        assert_eq!(one.indices, [2, 3, 1]);
+        assert_eq!(one.keys, [[Some(5), None, Some(1), Some(900)]]);
+
+        let mut two = groups(2);
+        let first = UInt32Array::from(vec![Some(0), Some(0), None, Some(7), None]);
+        let second = UInt32Array::from(vec![Some(3), None, Some(3), Some(3), Some(3)]);
+        two.assign(&[&first, &second]);
+        assert_eq!(two.indices, [0, 1, 2, 3, 2]);
+        let first = UInt32Array::from(vec![Some(7), Some(0)]);
+        let second = UInt32Array::from(vec![Some(40), None]);
+        two.assign(&[&first, &second]);
+        assert_eq!(two.indices, [4, 1]);
+        assert_eq!(
+            two.keys,
+            [
+                vec![Some(0), Some(0), None, Some(7), Some(7)],
+                vec![Some(3), None, Some(3), Some(3), Some(40)]
+            ]
+        );
+
+        // Numbers too many for a table of every combination: the groups move to a map and
+        // keep their indices.
+        let first = UInt32Array::from(vec![Some(5000), Some(0), Some(5000)]);
+        let second = UInt32Array::from(vec![Some(5000), Some(3), Some(5000)]);
+        two.assign(&[&first, &second]);
+        assert!(two.wide.is_some() && two.table.is_empty());
+        assert_eq!(two.indices, [5, 0, 5]);
+        two.assign(&[
+            &UInt32Array::from(vec![None, Some(7)]),
+            &UInt32Array::from(vec![Some(3), Some(40)]),
+        ]);
+        assert_eq!(two.indices, [2, 4]);
     }
 }

@@ -717,18 +717,32 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
             true,
             true,
         ),
-        // Two groups: DataFusion groups the strings about as fast as numbers.
+        // Two groups, one with nulls, and a distinct count under them.
         (
-            "SELECT platform, lang, count(*) AS n FROM notifications \
+            "SELECT platform, lang, count(*) AS n, count(DISTINCT type) AS types FROM notifications \
              GROUP BY platform, lang ORDER BY platform, lang NULLS FIRST",
-            false,
-            false,
+            true,
+            true,
         ),
         // The pivot's regrouped inner aggregate has two groups too.
         (
             "SELECT platform, sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked, \
                     count(*) FILTER (WHERE type NOT LIKE 'post.%') AS other \
              FROM notifications GROUP BY platform ORDER BY platform",
+            true,
+            true,
+        ),
+        // Three groups are not numbered.
+        (
+            "SELECT platform, lang, type, count(*) AS n FROM notifications \
+             GROUP BY platform, lang, type ORDER BY platform, lang NULLS FIRST, type",
+            false,
+            false,
+        ),
+        // Nor two when one is not a low-cardinality column.
+        (
+            "SELECT day, type, count(*) AS n, max(occurred_at) AS last_at FROM notifications \
+             GROUP BY day, type ORDER BY day, type",
             false,
             false,
         ),
