@@ -86,13 +86,14 @@ pub struct Config {
     pub replica_refresh_ms: u64,
     /// String columns with few distinct values. An aggregate that compares them per row (a
     /// pivot such as `sum(CASE WHEN type = … THEN 1 ELSE 0 END)`) first groups the rows by
-    /// them, and an aggregate grouped by one of them alone uses a number per string. Answers
+    /// them, and an aggregate grouped by one or two of them alone uses a number per string, also
+    /// for their distinct counts. `producer_id` holds one value per ingest node's run. Answers
     /// are the same either way; empty turns both off.
     #[arg(
         long,
         env = "SLUICE_LOW_CARDINALITY_COLUMNS",
         value_delimiter = ',',
-        default_value = "platform,type,lang"
+        default_value = "platform,type,lang,producer_id"
     )]
     pub low_cardinality_columns: Vec<String>,
 }
@@ -109,7 +110,9 @@ impl Config {
             cache_bytes: 64 << 20,
             cache_ttl_secs: 300,
             replica_refresh_ms: 100,
-            low_cardinality_columns: ["platform", "type", "lang"].map(String::from).to_vec(),
+            low_cardinality_columns: ["platform", "type", "lang", "producer_id"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 
