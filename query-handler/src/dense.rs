@@ -11,9 +11,11 @@
 //!
 //! With two groups, `GROUP BY platform, type`, the table is indexed by both numbers in turn.
 //!
-//! Replaced: aggregates that read rows (partial or single mode), whose groups are all `code(…)`,
-//! one or two of them ([`MAX_GROUPS`]), and whose aggregates all have a grouped accumulator and
-//! no `ORDER BY` of their own.
+//! Replaced: aggregates that read rows (partial or single mode) in no particular order, whose
+//! groups are all `code(…)`, one or two of them ([`MAX_GROUPS`]), and whose aggregates all have
+//! a grouped accumulator and no `ORDER BY` of their own. Unlike DataFusion's, it does not spill:
+//! past the query's memory limit it fails with the limit's error. Its groups are the distinct
+//! values of low-cardinality columns, so they take little memory.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -36,7 +38,7 @@ use datafusion::physical_plan::aggregates::{
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PhysicalExpr, PlanProperties,
     SendableRecordBatchStream, replace_children_if_necessary,
 };
 use futures::StreamExt;
@@ -73,6 +75,7 @@ fn qualifies(aggregate: &AggregateExec) -> bool {
             .expr()
             .iter()
             .all(|(group, _)| is_code(group.as_ref()))
+        && *aggregate.input_order_mode() == InputOrderMode::Linear
         && aggregate.limit_options().is_none()
         && aggregate.dynamic_expressions_produced().is_empty()
         && aggregate
