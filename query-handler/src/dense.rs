@@ -403,6 +403,22 @@ impl DistinctCodes {
     fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<u64>> {
         emit_to.take_needed(&mut self.seen)
     }
+
+    /// The state: a list of numbers per group, `codes[offsets[i]..offsets[i + 1]]` for group i.
+    fn lists(&self, offsets: Vec<i32>, codes: Vec<u32>) -> Result<Vec<ArrayRef>> {
+        let list = ListArray::try_new(
+            Arc::clone(&self.item),
+            OffsetBuffer::new(offsets.into()),
+            Arc::new(UInt32Array::from(codes)),
+            None,
+        )?;
+        Ok(vec![Arc::new(list)])
+    }
+}
+
+/// Whether `row` counts: its number is not null and its `FILTER`, if any, holds.
+fn counted(codes: &UInt32Array, filter: Option<&BooleanArray>, row: usize) -> bool {
+    codes.is_valid(row) && filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row))
 }
 
 impl GroupsAccumulator for DistinctCodes {
@@ -418,9 +434,7 @@ impl GroupsAccumulator for DistinctCodes {
             return internal_err!("code(…) gave {}, not UInt32", values[0].data_type());
         };
         for (row, (&group, &code)) in group_indices.iter().zip(codes.values()).enumerate() {
-            let counted = codes.is_valid(row)
-                && opt_filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row));
-            if counted {
+            if counted(codes, opt_filter, row) {
                 self.insert(group, code);
             }
         }
@@ -460,13 +474,7 @@ impl GroupsAccumulator for DistinctCodes {
                 )
             })?);
         }
-        let list = ListArray::try_new(
-            Arc::clone(&self.item),
-            OffsetBuffer::new(offsets.into()),
-            Arc::new(UInt32Array::from(codes)),
-            None,
-        )?;
-        Ok(vec![Arc::new(list)])
+        self.lists(offsets, codes)
     }
 
     fn merge_batch(
@@ -505,23 +513,15 @@ impl GroupsAccumulator for DistinctCodes {
             return internal_err!("code(…) gave {}, not UInt32", values[0].data_type());
         };
         let mut offsets = Vec::with_capacity(codes.len() + 1);
-        let mut counted = Vec::with_capacity(codes.len());
+        let mut kept = Vec::with_capacity(codes.len());
         offsets.push(0i32);
         for (row, &code) in codes.values().iter().enumerate() {
-            if codes.is_valid(row)
-                && opt_filter.is_none_or(|filter| filter.is_valid(row) && filter.value(row))
-            {
-                counted.push(code);
+            if counted(codes, opt_filter, row) {
+                kept.push(code);
             }
-            offsets.push(counted.len() as i32);
+            offsets.push(kept.len() as i32);
         }
-        let list = ListArray::try_new(
-            Arc::clone(&self.item),
-            OffsetBuffer::new(offsets.into()),
-            Arc::new(UInt32Array::from(counted)),
-            None,
-        )?;
-        Ok(vec![Arc::new(list)])
+        self.lists(offsets, kept)
     }
 
     fn size(&self) -> usize {
