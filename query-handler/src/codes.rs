@@ -30,8 +30,9 @@
 //! columns; their `count(DISTINCT …)` of such columns too. The numbers pay because
 //! [`crate::dense`] then finds a row's group by indexing a table with them, without hashing:
 //! with DataFusion's own grouping of the numbers, numbering two columns was 15–30% slower than
-//! grouping the strings (bench/README.md), and with the handler's it is 10–20% faster. Not more
-//! groups, not under a group that is not numbered (a numbered `count(DISTINCT platform)` under
+//! grouping the strings (bench/README.md), and with the handler's it is 10–20% faster; so two
+//! groups are numbered only when every aggregate is a `count`, `sum`, `min`, `max` or `avg`,
+//! which have grouped accumulators. Not more groups, not under a group that is not numbered (a numbered `count(DISTINCT platform)` under
 //! `GROUP BY day` was 11–15% slower), and not `min`/`max`, which need the strings' order.
 
 use std::collections::HashMap;
@@ -50,7 +51,6 @@ use datafusion::logical_expr::{
     Aggregate, ColumnarValue, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
     ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
-
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
@@ -132,6 +132,25 @@ fn rewrite(
         };
         group_types.push(group_type);
         groups.push(code(group.clone()).alias(format!("__sluice_code_{i}")));
+    }
+    // Two numbered groups pay only on `CodeAggregateExec`, which needs grouped accumulators:
+    // DataFusion's own grouping of two numbers is slower than of the strings.
+    if groups.len() > 1 {
+        for expr in &aggregate.aggr_expr {
+            let Expr::AggregateFunction(AggregateFunction { func, params }) =
+                expr.clone().unalias()
+            else {
+                return Ok(None);
+            };
+            let grouped = ["count", "sum", "min", "max", "avg"].contains(&func.name())
+                && params.order_by.is_empty()
+                && (!params.distinct
+                    || func.name() == "count"
+                        && matches!(params.args.as_slice(), [argument] if coded(argument)?.is_some()));
+            if !grouped {
+                return Ok(None);
+            }
+        }
     }
     let mut aggregates = Vec::with_capacity(aggregate.aggr_expr.len());
     for expr in &aggregate.aggr_expr {
