@@ -17,7 +17,7 @@
 //! past the query's memory limit it fails with the limit's error. Its groups are the distinct
 //! values of low-cardinality columns, so they take little memory.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -357,10 +357,10 @@ impl Groups {
 
 /// `count(DISTINCT code(…))`: a set of numbers per group, as bits. DataFusion's grouped distinct
 /// count hashes each row's (group, number) pair into a set (12% of `count_by_type`); the numbers
-/// are dense, so a bit per number and group does.
+/// are dense, so a bit per number and group does (see [`Seen`]).
 struct DistinctCodes {
-    /// The bits of each group, a bit per number.
-    seen: Vec<Vec<u64>>,
+    /// The numbers each group has seen.
+    seen: Vec<Seen>,
     /// The state's list field, as DataFusion's `count(DISTINCT)` declares it.
     item: FieldRef,
 }
@@ -391,16 +391,7 @@ impl DistinctCodes {
         }))
     }
 
-    fn insert(&mut self, group: usize, code: u32) {
-        let (word, bit) = (code as usize / 64, code % 64);
-        let bits = &mut self.seen[group];
-        if word >= bits.len() {
-            bits.resize(word + 1, 0);
-        }
-        bits[word] |= 1 << bit;
-    }
-
-    fn take(&mut self, emit_to: EmitTo) -> Vec<Vec<u64>> {
+    fn take(&mut self, emit_to: EmitTo) -> Vec<Seen> {
         emit_to.take_needed(&mut self.seen)
     }
 
@@ -413,6 +404,52 @@ impl DistinctCodes {
             None,
         )?;
         Ok(vec![Arc::new(list)])
+    }
+}
+
+/// The numbers one group has seen: a bit for each of the first [`Seen::MAX_BITS`], which holds
+/// every number of a low-cardinality column, and a set for the rest, so that a column of many
+/// values costs memory by what a group sees rather than by its largest number.
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+    beyond: HashSet<u32>,
+}
+
+impl Seen {
+    const MAX_BITS: u32 = 1 << 16;
+
+    fn insert(&mut self, code: u32) {
+        if code >= Self::MAX_BITS {
+            self.beyond.insert(code);
+            return;
+        }
+        let (word, bit) = (code as usize / 64, code % 64);
+        if word >= self.bits.len() {
+            self.bits.resize(word + 1, 0);
+        }
+        self.bits[word] |= 1 << bit;
+    }
+
+    fn count(&self) -> i64 {
+        let bits: u32 = self.bits.iter().map(|word| word.count_ones()).sum();
+        i64::from(bits) + self.beyond.len() as i64
+    }
+
+    /// Appends the numbers to `codes`.
+    fn codes(&self, codes: &mut Vec<u32>) {
+        for (word, &value) in self.bits.iter().enumerate() {
+            let mut rest = value;
+            while rest != 0 {
+                codes.push(word as u32 * 64 + rest.trailing_zeros());
+                rest &= rest - 1;
+            }
+        }
+        codes.extend(&self.beyond);
+    }
+
+    fn size(&self) -> usize {
+        self.bits.capacity() * size_of::<u64>() + self.beyond.capacity() * size_of::<u32>() * 2
     }
 }
 
@@ -429,13 +466,13 @@ impl GroupsAccumulator for DistinctCodes {
         opt_filter: Option<&BooleanArray>,
         total_num_groups: usize,
     ) -> Result<()> {
-        self.seen.resize_with(total_num_groups, Vec::new);
+        self.seen.resize_with(total_num_groups, Seen::default);
         let Some(codes) = values[0].as_primitive_opt::<UInt32Type>() else {
             return internal_err!("code(…) gave {}, not UInt32", values[0].data_type());
         };
         for (row, (&group, &code)) in group_indices.iter().zip(codes.values()).enumerate() {
             if counted(codes, opt_filter, row) {
-                self.insert(group, code);
+                self.seen[group].insert(code);
             }
         }
         Ok(())
@@ -445,12 +482,7 @@ impl GroupsAccumulator for DistinctCodes {
         let counts: Int64Array = self
             .take(emit_to)
             .iter()
-            .map(|bits| {
-                bits.iter()
-                    .map(|word| i64::from(word.count_ones()))
-                    .sum::<i64>()
-            })
-            .map(Some)
+            .map(|seen| Some(seen.count()))
             .collect();
         Ok(Arc::new(counts))
     }
@@ -460,14 +492,8 @@ impl GroupsAccumulator for DistinctCodes {
         let mut offsets = Vec::with_capacity(groups.len() + 1);
         let mut codes = Vec::new();
         offsets.push(0i32);
-        for bits in &groups {
-            for (word, &value) in bits.iter().enumerate() {
-                let mut rest = value;
-                while rest != 0 {
-                    codes.push(word as u32 * 64 + rest.trailing_zeros());
-                    rest &= rest - 1;
-                }
-            }
+        for seen in &groups {
+            seen.codes(&mut codes);
             offsets.push(i32::try_from(codes.len()).map_err(|_| {
                 datafusion::common::DataFusionError::ResourcesExhausted(
                     "more than 2^31 distinct numbers in one partition".into(),
@@ -483,7 +509,7 @@ impl GroupsAccumulator for DistinctCodes {
         group_indices: &[usize],
         total_num_groups: usize,
     ) -> Result<()> {
-        self.seen.resize_with(total_num_groups, Vec::new);
+        self.seen.resize_with(total_num_groups, Seen::default);
         let lists = values[0].as_list::<i32>();
         for (row, &group) in group_indices.iter().enumerate() {
             if lists.is_null(row) {
@@ -497,7 +523,7 @@ impl GroupsAccumulator for DistinctCodes {
                 );
             };
             for code in codes.iter().flatten() {
-                self.insert(group, code);
+                self.seen[group].insert(code);
             }
         }
         Ok(())
@@ -525,12 +551,7 @@ impl GroupsAccumulator for DistinctCodes {
     }
 
     fn size(&self) -> usize {
-        self.seen.capacity() * size_of::<Vec<u64>>()
-            + self
-                .seen
-                .iter()
-                .map(|bits| bits.capacity() * 8)
-                .sum::<usize>()
+        self.seen.capacity() * size_of::<Seen>() + self.seen.iter().map(Seen::size).sum::<usize>()
     }
 }
 
@@ -565,8 +586,10 @@ mod tests {
             Some(0),
             Some(3),
             Some(7),
+            Some(70_000),
         ]));
-        let groups = [0, 0, 0, 1, 1, 1, 2];
+        // 70,000 is past the bits, in the group's set.
+        let groups = [0, 0, 0, 1, 1, 1, 2, 1];
         // The last row is filtered out, and a null filter does not count either.
         let filter = BooleanArray::from(vec![
             Some(true),
@@ -576,6 +599,7 @@ mod tests {
             None,
             Some(true),
             Some(false),
+            Some(true),
         ]);
         let mut accumulator = distinct();
         accumulator
@@ -587,7 +611,10 @@ mod tests {
             let values = lists.value(row);
             values.as_primitive::<UInt32Type>().values().to_vec()
         };
-        assert_eq!((list(0), list(1), list(2)), (vec![3], vec![3, 200], vec![]));
+        assert_eq!(
+            (list(0), list(1), list(2)),
+            (vec![3], vec![3, 200, 70_000], vec![])
+        );
 
         // The state merges back to the same counts, and again with each row's own state.
         let mut merged = distinct();
@@ -596,7 +623,7 @@ mod tests {
             .convert_to_state(std::slice::from_ref(&codes), Some(&filter))
             .unwrap();
         merged.merge_batch(&rows, &groups, 3).unwrap();
-        assert_eq!(counts(&mut merged, EmitTo::First(2)), [1, 2]);
+        assert_eq!(counts(&mut merged, EmitTo::First(2)), [1, 3]);
         assert_eq!(counts(&mut merged, EmitTo::All), [0]);
     }
 
