@@ -102,11 +102,7 @@ pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
             let node = LogicalPlan::Aggregate(Aggregate::try_new_with_schema(
                 input, group_expr, aggr_expr, schema,
             )?);
-            Ok(if changed {
-                Transformed::yes(node)
-            } else {
-                Transformed::no(node)
-            })
+            Ok(Transformed::new_transformed(node, changed))
         }
         LogicalPlan::Filter(filter) if reads_table_directly(&filter.input, snapshot) => {
             let conditions = split_conjunction_owned(filter.predicate.clone());
@@ -128,12 +124,10 @@ pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
             let before = scan.filters.len();
             scan.filters.retain(|c| !always_true(c, without_nulls));
             let changed = scan.filters.len() < before;
-            let node = LogicalPlan::TableScan(scan);
-            Ok(if changed {
-                Transformed::yes(node)
-            } else {
-                Transformed::no(node)
-            })
+            Ok(Transformed::new_transformed(
+                LogicalPlan::TableScan(scan),
+                changed,
+            ))
         }
         other => Ok(Transformed::no(other)),
     })?;
