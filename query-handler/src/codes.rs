@@ -40,9 +40,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{
-    Array, ArrayRef, AsArray, StringViewArray, StringViewBuilder, UInt32Array,
+    Array, ArrayRef, AsArray, DictionaryArray, StringViewArray, StringViewBuilder, UInt32Array,
 };
 use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, Result, ScalarValue, exec_err};
@@ -111,11 +112,7 @@ fn rewrite(
             return Ok(None);
         }
         let data_type = expr.get_type(input)?;
-        Ok(matches!(
-            data_type,
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-        )
-        .then_some(data_type))
+        Ok(is_strings(&data_type).then_some(data_type))
     };
     let code = |expr: Expr| {
         Expr::ScalarFunction(ScalarFunction::new_udf(
@@ -253,6 +250,9 @@ impl Strings {
 
     /// The number of each row's string, null for a null row.
     fn codes(&self, values: &dyn Array) -> Result<UInt32Array> {
+        if let Some(keys) = values.as_dictionary_opt::<Int32Type>() {
+            return self.codes_of_keys(keys);
+        }
         if let Some(views) = values.as_string_view_opt()
             && let Some(codes) = self.codes_once_per_view(views)?
         {
@@ -266,6 +266,25 @@ impl Strings {
             other => return exec_err!("cannot number strings of type {other}"),
         };
         Ok(UInt32Array::new(codes.into(), values.nulls().cloned()))
+    }
+
+    /// The number of each row's string in a dictionary array: the dictionary's strings are
+    /// numbered, and each row takes its key's number. A Parquet column chunk's dictionary
+    /// holds the strings of the whole chunk, at most a few hundred for the columns numbered,
+    /// against thousands of rows a batch.
+    fn codes_of_keys(&self, keys: &DictionaryArray<Int32Type>) -> Result<UInt32Array> {
+        let of_key = self.codes(keys.values().as_ref())?;
+        let nulls = keys.logical_nulls();
+        let codes = keys
+            .keys()
+            .values()
+            .iter()
+            .map(|&key| {
+                // A null row's key may be anything, even out of range: the mask hides it.
+                of_key.values().get(key as usize).copied().unwrap_or(0)
+            })
+            .collect::<Vec<u32>>();
+        Ok(UInt32Array::new(codes.into(), nulls))
     }
 
     /// The number of each row's string, looked up once per distinct view of the batch: equal
@@ -324,6 +343,22 @@ fn rows<'a>(
     strings
         .map(|string| string.map_or(Ok(0), |s| numbering.code(s)))
         .collect()
+}
+
+/// Whether the handler numbers values of `data_type`: strings, or a dictionary of them as
+/// [`crate::scan`] reads low-cardinality columns.
+fn is_strings(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
+        DataType::Dictionary(keys, values) => {
+            **keys == DataType::Int32
+                && matches!(
+                    **values,
+                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+                )
+        }
+        _ => false,
+    }
 }
 
 /// Whether `expr` is a call of `code(…)`, whose numbers [`crate::dense`] groups by.
@@ -464,7 +499,7 @@ impl ScalarUDFImpl for StringOf {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::arrow::array::{LargeStringArray, StringArray};
+    use datafusion::arrow::array::{Int32Array, LargeStringArray, StringArray};
 
     use super::*;
 
@@ -510,6 +545,22 @@ mod tests {
             codes(&strings, &LargeStringArray::from(rows.to_vec())),
             first
         );
+        // A dictionary, as the handler's scan reads a low-cardinality column: keys in another
+        // order, a null key, a null value, a value no row uses, and a slice.
+        let dictionary = DictionaryArray::<Int32Type>::new(
+            Int32Array::from(vec![Some(1), Some(0), Some(3), None, Some(1)]),
+            Arc::new(StringArray::from(vec![
+                Some(long),
+                Some("b"),
+                Some("z"),
+                None,
+            ])),
+        );
+        assert_eq!(
+            codes(&strings, &dictionary),
+            [Some(0), Some(1), None, None, Some(0)]
+        );
+        assert_eq!(codes(&strings, &dictionary.slice(1, 2)), [Some(1), None]);
         // A sliced batch, and one of nulls only.
         let sliced = shared_views(&rows).slice(2, 3);
         assert_eq!(codes(&strings, &sliced), [Some(1), Some(0), Some(2)]);
@@ -561,7 +612,12 @@ mod tests {
             ColumnarValue::Array(values),
             rows.len(),
         );
-        for data_type in [DataType::Utf8View, DataType::Utf8, DataType::LargeUtf8] {
+        for data_type in [
+            DataType::Utf8View,
+            DataType::Utf8,
+            DataType::LargeUtf8,
+            crate::scan::dictionary(),
+        ] {
             let back = invoke(
                 &StringOf::new(&strings, data_type.clone()),
                 numbered.clone(),

@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{codes, counts, dense, kernels, nulls, pushdown, regroup};
+use crate::{codes, counts, dense, kernels, nulls, pushdown, regroup, scan};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -168,6 +168,7 @@ pub async fn plan(
     let plan = counts::answer_from_log(plan, snapshot)?;
     let plan = regroup::regroup(plan, &limits.low_cardinality)?;
     let plan = codes::group_by_codes(plan, &limits.low_cardinality, snapshot)?;
+    let plan = scan::group_by_views(plan)?;
     let plan = kernels::use_faster_kernels(plan)?;
     let physical = state
         .query_planner()
@@ -175,6 +176,7 @@ pub async fn plan(
         .await?;
     let physical = pushdown::without_repeated_conditions(physical)?;
     let physical = dense::aggregate_by_codes(physical)?;
+    let physical = scan::without_dictionaries(physical)?;
     Ok((physical, cacheable))
 }
 

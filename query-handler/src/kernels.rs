@@ -17,6 +17,7 @@ use std::sync::Arc;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::functions::core::getfield::GetFieldFunc;
 use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 
 use crate::error::QueryError;
@@ -29,8 +30,12 @@ pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> 
             if matches!(node, LogicalPlan::TableScan(_)) {
                 return Ok(Transformed::no(node));
             }
+            // An aggregate's or projection's columns are named by their expressions: the
+            // swapped ones keep their names, so the nodes above still find them.
+            let names = NamePreserver::new(&node);
             node.map_expressions(|expr| {
-                expr.transform_up(|expr| match expr {
+                let name = names.save(&expr);
+                let swapped = expr.transform_up(|expr| match expr {
                     Expr::ScalarFunction(call) if call.func.inner().is::<GetFieldFunc>() => {
                         Ok(Transformed::yes(Expr::ScalarFunction(
                             ScalarFunction::new_udf(lookup.clone(), call.args),
@@ -46,7 +51,8 @@ pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> 
                         None => Transformed::no(Expr::Like(like)),
                     }),
                     other => Ok(Transformed::no(other)),
-                })
+                })?;
+                Ok(swapped.update_data(|expr| name.restore(expr)))
             })
         })?
         .data)

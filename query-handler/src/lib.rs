@@ -2,6 +2,8 @@
 //!
 //! - [`replica`]: a read-only view of the Delta table that follows its latest version; each
 //!   query reads one snapshot.
+//! - [`scan`]: the handler's own scan of a snapshot's Parquet files, which reads
+//!   low-cardinality columns as dictionary keys.
 //! - [`engine`]: parses one statement, refuses anything but a read-only query, plans and runs
 //!   it under a memory limit on the handler's own query runtime, and encodes the result as an
 //!   Arrow IPC stream.
@@ -28,6 +30,7 @@ pub mod pushdown;
 pub mod queries;
 pub mod regroup;
 pub mod replica;
+pub mod scan;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -84,11 +87,12 @@ pub struct Config {
     /// How often to look for a new replica version.
     #[arg(long, env = "SLUICE_REPLICA_REFRESH_MS", default_value_t = 1_000)]
     pub replica_refresh_ms: u64,
-    /// String columns with few distinct values. An aggregate that compares them per row (a
-    /// pivot such as `sum(CASE WHEN type = … THEN 1 ELSE 0 END)`) first groups the rows by
-    /// them, and an aggregate grouped by one or two of them alone uses a number per string, also
-    /// for their distinct counts. `producer_id` holds one value per ingest node's run. Answers
-    /// are the same either way; empty turns both off.
+    /// String columns with few distinct values. They are read as Parquet dictionary keys
+    /// ([`scan`]). An aggregate that compares them per row (a pivot such as
+    /// `sum(CASE WHEN type = … THEN 1 ELSE 0 END)`) first groups the rows by them, and an
+    /// aggregate grouped by one or two of them alone uses a number per string, also for their
+    /// distinct counts. `producer_id` holds one value per ingest node's run. Answers are the
+    /// same either way; empty turns all three off.
     #[arg(
         long,
         env = "SLUICE_LOW_CARDINALITY_COLUMNS",
@@ -501,7 +505,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let (url, options) = sluice_consumer::replica::table_location(&storage.url, replica_path)?;
-    let replica = Arc::new(ReplicaView::new(url, options));
+    let replica = Arc::new(ReplicaView::new(
+        url,
+        options,
+        &config.low_cardinality_columns,
+    ));
     let service = QueryHandlerService::new(replica.clone(), &config)?;
     let following = tokio::spawn(replica.follow(
         Duration::from_millis(config.replica_refresh_ms.max(10)),

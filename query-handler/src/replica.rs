@@ -20,11 +20,16 @@ use url::Url;
 
 use crate::counts::PartitionCounts;
 use crate::nulls;
+use crate::scan::{Footers, ReplicaTable};
 
 /// One version of the replica, ready to query.
 pub struct Snapshot {
     pub version: u64,
+    /// The table queries read: the handler's own scan ([`ReplicaTable`]) when it can read this
+    /// version, else delta-rs's.
     pub provider: Arc<dyn TableProvider>,
+    /// delta-rs's provider of the same version, which reads every string column as views.
+    pub delta: Arc<dyn TableProvider>,
     /// Rows per partition from this version's log, when the log alone can say.
     pub counts: Option<Arc<PartitionCounts>>,
     /// Columns that no file of this version holds a null in, by the log's statistics.
@@ -44,16 +49,22 @@ pub struct ReplicaView {
     options: HashMap<String, String>,
     table: Mutex<Option<DeltaTable>>,
     current: RwLock<Option<Arc<Snapshot>>>,
+    /// Columns read as Parquet dictionary keys (see [`crate::scan`]).
+    dictionary_columns: Vec<String>,
+    footers: Footers,
 }
 
 impl ReplicaView {
-    pub fn new(url: Url, options: HashMap<String, String>) -> Self {
+    /// The view of the table at `url`, reading `dictionary_columns` as dictionaries.
+    pub fn new(url: Url, options: HashMap<String, String>, dictionary_columns: &[String]) -> Self {
         deltalake::aws::register_handlers(None);
         ReplicaView {
             url,
             options,
             table: Mutex::new(None),
             current: RwLock::new(None),
+            dictionary_columns: dictionary_columns.to_vec(),
+            footers: Footers::default(),
         }
     }
 
@@ -86,12 +97,28 @@ impl ReplicaView {
         if self.current().is_some_and(|s| s.version == version) {
             return Ok(Some(version));
         }
-        let provider = table.table_provider().await?;
+        let delta = table.table_provider().await?;
+        let provider = match ReplicaTable::of(
+            table,
+            &delta.schema(),
+            &self.dictionary_columns,
+            &self.footers,
+        )
+        .await
+        {
+            Ok(Some(own)) => Arc::new(own) as Arc<dyn TableProvider>,
+            Ok(None) => Arc::clone(&delta),
+            Err(error) => {
+                tracing::warn!(%error, version, "reading this version with delta-rs's scan");
+                Arc::clone(&delta)
+            }
+        };
         let counts = PartitionCounts::of(table).map(Arc::new);
         let without_nulls = nulls::columns_without_nulls(table);
         *self.current.write().expect("snapshot lock poisoned") = Some(Arc::new(Snapshot {
             version,
             provider,
+            delta,
             counts,
             without_nulls,
         }));

@@ -68,9 +68,14 @@ async fn table_of(dir: &std::path::Path, record: impl Fn(usize) -> Notification)
             .await
             .unwrap();
     }
-    let view = ReplicaView::new(url, HashMap::new());
+    let view = ReplicaView::new(url, HashMap::new(), &dictionary_columns());
     view.refresh().await.unwrap();
     view
+}
+
+/// The columns the handler reads as dictionaries, and numbers, by default.
+fn dictionary_columns() -> Vec<String> {
+    ["platform", "type", "lang"].map(String::from).into()
 }
 
 fn limits() -> Limits {
@@ -87,7 +92,7 @@ fn limits() -> Limits {
 /// that depend on them.
 fn with_low_cardinality() -> Limits {
     Limits {
-        low_cardinality: ["platform", "type", "lang"].map(String::from).into(),
+        low_cardinality: dictionary_columns().into(),
         ..limits()
     }
 }
@@ -136,10 +141,29 @@ async fn answer_with(sql: &str, snapshot: &Arc<Snapshot>, limits: Limits) -> Vec
     let reader = StreamReader::try_new(answer.ipc.as_slice(), None).unwrap();
     let schema = reader.schema();
     let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
-    arrow::compute::concat_batches(&schema, &batches)
-        .unwrap()
-        .columns()
-        .to_vec()
+    let batch = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    strings_as_utf8(batch).columns().to_vec()
+}
+
+/// `batch` with its string columns as `Utf8`: the handler reads low-cardinality columns as
+/// dictionaries of `Utf8` strings and delta-rs as views, so `min(type)` is one or the other.
+/// Answers are compared by their values.
+fn strings_as_utf8(batch: RecordBatch) -> RecordBatch {
+    use arrow::datatypes::{DataType, Field, Schema};
+    let (fields, columns): (Vec<Field>, Vec<ArrayRef>) = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(field, column)| match field.data_type() {
+            DataType::Utf8View | DataType::LargeUtf8 | DataType::Dictionary(..) => (
+                field.as_ref().clone().with_data_type(DataType::Utf8),
+                arrow::compute::cast(column, &DataType::Utf8).unwrap(),
+            ),
+            _ => (field.as_ref().clone(), column.clone()),
+        })
+        .unzip();
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
 }
 
 /// The plan of `sql` as DataFusion's optimizer leaves it, before the handler's own rewrites.
@@ -176,6 +200,7 @@ async fn counts_by_day_come_from_the_log_and_match_a_scan() {
     let scanned = Arc::new(Snapshot {
         version: snapshot.version,
         provider: snapshot.provider.clone(),
+        delta: snapshot.delta.clone(),
         counts: None,
         without_nulls: Default::default(),
     });
@@ -481,9 +506,7 @@ async fn map_lookups_and_patterns_run_on_the_faster_kernels_with_datafusions_ans
         assert!(!plan.exists(|node| Ok(like(node))).unwrap(), "{sql}");
 
         // The same query on a plain DataFusion session, which runs DataFusion's own kernels.
-        let ctx = engine::session(&snapshot, &limits()).unwrap();
-        let expected = ctx.sql(sql).await.unwrap().collect().await.unwrap();
-        let expected = arrow::compute::concat_batches(&expected[0].schema(), &expected).unwrap();
+        let expected = datafusions_answer(sql, &snapshot).await;
         let got = answer(sql, &snapshot).await;
         assert!(expected.num_rows() > 0, "{sql}");
         assert_eq!(got, expected.columns(), "{sql}");
@@ -539,18 +562,21 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
     let got = collect(rewritten, ctx.task_ctx()).await.unwrap();
     assert!(expected.iter().map(RecordBatch::num_rows).sum::<usize>() > 0);
     assert_eq!(got, expected);
-    // The handler's own run agrees.
-    let expected = arrow::compute::concat_batches(&expected[0].schema(), &expected).unwrap();
+    // The handler's own run agrees with DataFusion alone.
+    let expected = datafusions_answer(sql, &snapshot).await;
     assert_eq!(answer(sql, &snapshot).await, expected.columns());
 }
 
-/// What a plain DataFusion session answers to `sql` on the snapshot's table, as one batch.
+/// What a plain DataFusion session answers to `sql` on the snapshot's table, as one batch,
+/// reading the table with delta-rs's scan.
 async fn datafusions_answer(sql: &str, snapshot: &Snapshot) -> RecordBatch {
-    let ctx = engine::session(snapshot, &limits()).unwrap();
+    let ctx = datafusion::prelude::SessionContext::new_with_config(limits().session);
+    ctx.register_table(engine::TABLE, snapshot.delta.clone())
+        .unwrap();
     let frame = ctx.sql(sql).await.unwrap();
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await.unwrap();
-    arrow::compute::concat_batches(&schema, &batches).unwrap()
+    strings_as_utf8(arrow::compute::concat_batches(&schema, &batches).unwrap())
 }
 
 /// The columns the table scans of `plan` read.
@@ -901,4 +927,168 @@ async fn not_null_conditions_the_log_proves_are_dropped_with_the_same_answers() 
         assert!(expected.num_rows() > 0, "{sql}");
         assert_eq!(answer(sql, &snapshot).await, expected.columns(), "{sql}");
     }
+}
+
+#[tokio::test]
+async fn the_handlers_scan_reads_low_cardinality_columns_as_dictionary_keys_with_delta_rs_answers()
+{
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{DataType, Int32Type};
+
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    assert!(
+        !Arc::ptr_eq(&snapshot.provider, &snapshot.delta),
+        "the handler reads the table with its own scan"
+    );
+    let (ours, delta) = (snapshot.provider.schema(), snapshot.delta.schema());
+    for field in delta.fields() {
+        let read_as = ours.field_with_name(field.name()).unwrap().data_type();
+        if dictionary_columns().contains(field.name()) {
+            assert_eq!(read_as, &sluice_query_handler::scan::dictionary());
+        } else {
+            assert_eq!(read_as, field.data_type(), "{}", field.name());
+        }
+    }
+
+    // The reader hands each batch the Parquet dictionary of its column chunk: `varied` has four
+    // types and three languages, and the keys point into them.
+    let ctx = engine::session(&snapshot, &limits()).unwrap();
+    let batches = ctx
+        .sql("SELECT type, lang FROM notifications")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        batches.iter().map(RecordBatch::num_rows).sum::<usize>(),
+        100
+    );
+    for batch in &batches {
+        let kinds = batch.column(0).as_dictionary::<Int32Type>();
+        assert!(kinds.values().len() <= 4, "{kinds:?}");
+        let langs = batch.column(1).as_dictionary::<Int32Type>();
+        assert!(
+            langs.values().len() <= 2 && langs.null_count() > 0,
+            "{langs:?}"
+        );
+    }
+
+    // Every column, filters on the dictionaries, groups that are not numbered, a join and a
+    // partition filter: the answers delta-rs's scan gives.
+    for (sql, grouped_as_views) in [
+        ("SELECT * FROM notifications ORDER BY id", false),
+        (
+            "SELECT id, platform, type FROM notifications \
+             WHERE platform = 'b' AND type IN ('post.liked', 'reaction.added') ORDER BY id",
+            false,
+        ),
+        (
+            "SELECT id, lang FROM notifications WHERE lang IS NULL OR lang <> 'en' \
+             OR type LIKE 'reaction%' ORDER BY id",
+            false,
+        ),
+        (
+            "SELECT platform, text, count(*) AS n FROM notifications \
+             GROUP BY platform, text ORDER BY platform, text NULLS FIRST",
+            true,
+        ),
+        (
+            "SELECT platform, type, lang, count(*) AS n, min(text) AS first_text \
+             FROM notifications GROUP BY platform, type, lang \
+             ORDER BY platform, type, lang NULLS FIRST",
+            true,
+        ),
+        (
+            "SELECT DISTINCT lang FROM notifications ORDER BY lang NULLS FIRST",
+            false,
+        ),
+        (
+            "SELECT day, platform, count(*) AS n FROM notifications \
+             WHERE day >= DATE '2026-11-21' GROUP BY day, platform ORDER BY day, platform",
+            true,
+        ),
+        (
+            "SELECT upper(platform) AS p, max(type) AS t, count(DISTINCT lang) AS langs \
+             FROM notifications GROUP BY upper(platform) ORDER BY p",
+            true,
+        ),
+        (
+            "SELECT a.id, b.type FROM notifications a JOIN notifications b \
+             ON a.platform = b.platform AND a.post_id = b.post_id \
+             WHERE a.type = 'post.shared' AND b.lang = 'de' ORDER BY a.id, b.id",
+            false,
+        ),
+    ] {
+        let limits = with_low_cardinality();
+        let physical = physical_plan(sql, &snapshot, &limits).await;
+        assert_eq!(
+            physical.contains("as_views"),
+            grouped_as_views,
+            "{sql}:\n{physical}"
+        );
+        let expected = datafusions_answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 0, "{sql}");
+        assert_eq!(
+            answer_with(sql, &snapshot, limits).await,
+            expected.columns(),
+            "{sql}"
+        );
+    }
+
+    // Answers show strings as views, as delta-rs's scan gives them, not as dictionaries.
+    let parsed = engine::parse("SELECT platform, type FROM notifications LIMIT 3").unwrap();
+    let answer = engine::execute(parsed.statement, snapshot.clone(), with_low_cardinality())
+        .await
+        .unwrap();
+    let reader = StreamReader::try_new(answer.ipc.as_slice(), None).unwrap();
+    for field in reader.schema().fields() {
+        assert_eq!(field.data_type(), &DataType::Utf8View, "{field:?}");
+    }
+    assert_eq!(answer.rows, 3);
+}
+
+#[tokio::test]
+async fn a_new_version_reads_its_new_files_with_the_footers_of_the_old_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let before = view.current().unwrap();
+    let url = url::Url::from_directory_path(dir.path().join("replica")).unwrap();
+    let mut replica = Replica::open_or_create(url, HashMap::new()).await.unwrap();
+    let records: Vec<Notification> = (100..130).map(varied).collect();
+    let segment = Segment {
+        header: SegmentHeader {
+            producer: "test".into(),
+            sequence: 3,
+            rows: records.len() as u64,
+            crc32c: 0,
+        },
+        records,
+    };
+    replica
+        .append(
+            vec![to_record_batch(&[segment]).unwrap()],
+            &BTreeMap::from([("test".to_string(), 3)]),
+        )
+        .await
+        .unwrap();
+    view.refresh().await.unwrap();
+    let after = view.current().unwrap();
+    assert!(after.version > before.version);
+    assert!(!Arc::ptr_eq(&after.provider, &after.delta));
+    let sql = "SELECT type, count(*) AS n, count(DISTINCT platform) AS platforms \
+               FROM notifications GROUP BY type ORDER BY type";
+    let got = answer_with(sql, &after, with_low_cardinality()).await;
+    let expected = datafusions_answer(sql, &after).await;
+    assert_eq!(got, expected.columns());
+    let rows: i64 = arrow::compute::sum(
+        got[1]
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rows, 130);
 }
