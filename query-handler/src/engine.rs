@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{codes, counts, dense, kernels, nulls, pushdown, regroup, scan};
+use crate::{codes, counts, dense, kernels, nulls, percentiles, pushdown, regroup, scan};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -170,6 +170,7 @@ pub async fn plan(
     let plan = codes::group_by_codes(plan, &limits.low_cardinality, snapshot)?;
     let plan = scan::group_by_views(plan)?;
     let plan = kernels::use_faster_kernels(plan)?;
+    let plan = percentiles::share_digests(plan)?;
     let physical = state
         .query_planner()
         .create_physical_plan(&plan, &state)

@@ -26,6 +26,7 @@ pub mod error;
 pub mod kernels;
 pub mod lookup;
 pub mod nulls;
+pub mod percentiles;
 pub mod pushdown;
 pub mod queries;
 pub mod regroup;

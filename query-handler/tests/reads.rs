@@ -570,9 +570,18 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
 /// What a plain DataFusion session answers to `sql` on the snapshot's table, as one batch,
 /// reading the table with delta-rs's scan.
 async fn datafusions_answer(sql: &str, snapshot: &Snapshot) -> RecordBatch {
-    let ctx = datafusion::prelude::SessionContext::new_with_config(limits().session);
-    ctx.register_table(engine::TABLE, snapshot.delta.clone())
-        .unwrap();
+    datafusions_answer_on(limits().session, snapshot.delta.clone(), sql).await
+}
+
+/// What a plain DataFusion session with the settings of `session` answers to `sql`, reading
+/// the table with `provider`.
+async fn datafusions_answer_on(
+    session: SessionConfig,
+    provider: Arc<dyn datafusion::catalog::TableProvider>,
+    sql: &str,
+) -> RecordBatch {
+    let ctx = datafusion::prelude::SessionContext::new_with_config(session);
+    ctx.register_table(engine::TABLE, provider).unwrap();
     let frame = ctx.sql(sql).await.unwrap();
     let schema = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await.unwrap();
@@ -1091,4 +1100,80 @@ async fn a_new_version_reads_its_new_files_with_the_footers_of_the_old_ones_kept
     )
     .unwrap();
     assert_eq!(rows, 130);
+}
+
+#[tokio::test]
+async fn percentiles_of_the_same_values_share_one_digest_with_datafusions_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    let likes = "CAST(metrics['likes'] AS DOUBLE)";
+    let minute = "CAST(extract(minute FROM occurred_at) AS DOUBLE)";
+    for (sql, shared) in [
+        (
+            format!(
+                "SELECT platform, approx_percentile_cont({likes}, 0.5) AS p50, count(*) AS n, \
+                        approx_percentile_cont({likes}, 0.9) AS p90, avg({likes}) AS mean \
+                 FROM notifications GROUP BY platform ORDER BY platform"
+            ),
+            true,
+        ),
+        // Three of one column share a digest; the one of another column keeps its own.
+        (
+            format!(
+                "SELECT type, approx_percentile_cont({minute}, 0.25) AS m25, \
+                        approx_percentile_cont({likes}, 0.1) AS p10, \
+                        approx_percentile_cont({likes}, 0.5) AS p50, \
+                        approx_percentile_cont({likes}, 0.99) AS p99 \
+                 FROM notifications GROUP BY type ORDER BY type"
+            ),
+            true,
+        ),
+        // No groups; and no rows, whose percentiles are null.
+        (
+            format!(
+                "SELECT approx_percentile_cont({likes}, 0.5) AS p50, \
+                        approx_percentile_cont({likes}, 0.75) AS p75 FROM notifications"
+            ),
+            true,
+        ),
+        (
+            format!(
+                "SELECT approx_percentile_cont({likes}, 0.5) AS p50, \
+                        approx_percentile_cont({likes}, 0.75) AS p75, count(*) AS n \
+                 FROM notifications WHERE id = 'none'"
+            ),
+            true,
+        ),
+        // A FILTER, and one percentile alone: DataFusion's own.
+        (
+            format!(
+                "SELECT platform, approx_percentile_cont({likes}, 0.5) FILTER (WHERE lang = 'en') AS p50, \
+                        approx_percentile_cont({likes}, 0.9) AS p90 \
+                 FROM notifications GROUP BY platform ORDER BY platform"
+            ),
+            false,
+        ),
+    ] {
+        // A digest merged from several partitions' differs from one built from all the rows,
+        // so DataFusion answers on the same partitions: the handler's scan, as many of them.
+        for partitions in [1, 3] {
+            let session = SessionConfig::new().with_target_partitions(partitions);
+            let expected =
+                datafusions_answer_on(session.clone(), snapshot.provider.clone(), &sql).await;
+            assert!(expected.num_rows() > 0, "{sql}");
+            let limits = Limits {
+                session,
+                ..with_low_cardinality()
+            };
+            let physical = physical_plan(&sql, &snapshot, &limits).await;
+            assert_eq!(
+                physical.contains("approx_percentiles"),
+                shared,
+                "{sql}:\n{physical}"
+            );
+            let got = answer_with(&sql, &snapshot, limits).await;
+            assert_eq!(got, expected.columns(), "{sql} on {partitions} partitions");
+        }
+    }
 }
