@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::error::QueryError;
 use crate::replica::Snapshot;
-use crate::{codes, counts, dense, kernels, nulls, percentiles, pushdown, regroup, scan};
+use crate::{codes, counts, dense, kernels, nulls, percentiles, pushdown, regroup, scan, unnest};
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -177,6 +177,7 @@ pub async fn plan(
         .await?;
     let physical = pushdown::without_repeated_conditions(physical)?;
     let physical = dense::aggregate_by_codes(physical)?;
+    let physical = unnest::unnest_by_slices(physical)?;
     let physical = scan::without_dictionaries(physical)?;
     Ok((physical, cacheable))
 }

@@ -32,6 +32,7 @@ pub mod queries;
 pub mod regroup;
 pub mod replica;
 pub mod scan;
+pub mod unnest;
 
 use std::future::Future;
 use std::sync::Arc;
