@@ -1,21 +1,24 @@
-//! Faster kernels for two per-row operations that DataFusion 55 evaluates slowly on the
+//! Faster kernels for three per-row operations that DataFusion 55 evaluates slowly on the
 //! replica's columns, swapped into the optimized plan under the same names and types:
 //!
 //! - [`maps`]: `metrics['likes']`, one key looked up in a map column;
 //! - [`like`]: `attributes LIKE '%…%'` on a column that holds few distinct strings, evaluated
-//!   once per distinct value of each batch instead of once per row.
+//!   once per distinct value of each batch instead of once per row;
+//! - [`trunc`]: `date_trunc('hour', occurred_at)` of a UTC timestamp, by arithmetic.
 //!
-//! Both give exactly what DataFusion's own kernels give; each falls back to them for input it
+//! Each gives exactly what DataFusion's own kernels give; each falls back to them for input it
 //! does not speed up. Table scans keep their pushed-down filters as they are, since the Delta
 //! scan reads those for file skipping.
 
 mod like;
 mod maps;
+mod trunc;
 
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::functions::core::getfield::GetFieldFunc;
+use datafusion::functions::datetime::date_trunc::DateTruncFunc;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
@@ -25,6 +28,7 @@ use crate::error::QueryError;
 /// Swaps the faster kernels into every expression of `plan` outside its table scans.
 pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
     let lookup = Arc::new(ScalarUDF::new_from_impl(maps::MapLookup::default()));
+    let date_trunc = Arc::new(ScalarUDF::new_from_impl(trunc::UtcDateTrunc::default()));
     Ok(plan
         .transform_up_with_subqueries(|node| {
             if matches!(node, LogicalPlan::TableScan(_)) {
@@ -36,6 +40,11 @@ pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> 
             node.map_expressions(|expr| {
                 let name = names.save(&expr);
                 let swapped = expr.transform_up(|expr| match expr {
+                    Expr::ScalarFunction(call) if call.func.inner().is::<DateTruncFunc>() => {
+                        Ok(Transformed::yes(Expr::ScalarFunction(
+                            ScalarFunction::new_udf(date_trunc.clone(), call.args),
+                        )))
+                    }
                     Expr::ScalarFunction(call) if call.func.inner().is::<GetFieldFunc>() => {
                         Ok(Transformed::yes(Expr::ScalarFunction(
                             ScalarFunction::new_udf(lookup.clone(), call.args),

@@ -1253,3 +1253,26 @@ async fn unnest_of_one_list_runs_by_slices_with_datafusions_answers() {
         );
     }
 }
+
+#[tokio::test]
+async fn hours_and_days_truncated_by_arithmetic_with_datafusions_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    for sql in [
+        "SELECT date_trunc('hour', occurred_at) AS hour, count(*) AS n, \
+                count(DISTINCT platform) AS platforms \
+         FROM notifications GROUP BY date_trunc('hour', occurred_at) ORDER BY hour",
+        "SELECT date_trunc('DAY', received_at) AS d, date_trunc('minute', occurred_at) AS m, \
+                date_trunc('month', occurred_at) AS mo, id \
+         FROM notifications ORDER BY id",
+    ] {
+        let expected = datafusions_answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 1, "{sql}");
+        assert_eq!(
+            answer_with(sql, &snapshot, with_low_cardinality()).await,
+            expected.columns(),
+            "{sql}"
+        );
+    }
+}
