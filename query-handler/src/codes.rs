@@ -59,6 +59,7 @@ use crate::error::QueryError;
 use crate::kernels::SeenViews;
 use crate::nulls::reads_table_directly;
 use crate::replica::Snapshot;
+use crate::scan::holds_strings;
 
 /// More distinct views than this in one batch, and the batch is numbered row by row.
 const MAX_DISTINCT: usize = 1024;
@@ -112,7 +113,7 @@ fn rewrite(
             return Ok(None);
         }
         let data_type = expr.get_type(input)?;
-        Ok(is_strings(&data_type).then_some(data_type))
+        Ok(holds_strings(&data_type).then_some(data_type))
     };
     let code = |expr: Expr| {
         Expr::ScalarFunction(ScalarFunction::new_udf(
@@ -343,22 +344,6 @@ fn rows<'a>(
     strings
         .map(|string| string.map_or(Ok(0), |s| numbering.code(s)))
         .collect()
-}
-
-/// Whether the handler numbers values of `data_type`: strings, or a dictionary of them as
-/// [`crate::scan`] reads low-cardinality columns.
-fn is_strings(data_type: &DataType) -> bool {
-    match data_type {
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => true,
-        DataType::Dictionary(keys, values) => {
-            **keys == DataType::Int32
-                && matches!(
-                    **values,
-                    DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-                )
-        }
-        _ => false,
-    }
 }
 
 /// Whether `expr` is a call of `code(…)`, whose numbers [`crate::dense`] groups by.

@@ -140,12 +140,8 @@ impl ExecutionPlan for CodeAggregateExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let aggregate = replace_children_if_necessary(Arc::clone(&self.aggregate) as _, children)?;
-        let Some(aggregate) = aggregate.downcast_ref::<AggregateExec>() else {
-            return internal_err!("an AggregateExec with new children is an AggregateExec");
-        };
         Ok(Arc::new(CodeAggregateExec {
-            aggregate: Arc::new(aggregate.clone()),
+            aggregate: with_children(&self.aggregate, children)?,
         }))
     }
 
@@ -188,6 +184,18 @@ impl ExecutionPlan for CodeAggregateExec {
             groups.emit(output_schema)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, output)))
+    }
+}
+
+/// `exec` with `children`, for an operator that wraps the one it replaces.
+pub(crate) fn with_children<T: ExecutionPlan + Clone>(
+    exec: &Arc<T>,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+) -> Result<Arc<T>> {
+    let replaced = replace_children_if_necessary(Arc::clone(exec) as _, children)?;
+    match replaced.downcast_ref::<T>() {
+        Some(exec) => Ok(Arc::new(exec.clone())),
+        None => internal_err!("{} with new children changed its type", exec.name()),
     }
 }
 

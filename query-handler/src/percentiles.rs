@@ -30,9 +30,9 @@ use arrow::datatypes::{DataType, Field, FieldRef, Fields};
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{Column, DFSchema, Result, ScalarValue, exec_err};
 use datafusion::functions::core::expr_fn::get_field;
+use datafusion::functions_aggregate::approx_percentile_cont::ApproxPercentileCont;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::function::{AccumulatorArgs, StateFieldsArgs};
-use datafusion::logical_expr::utils::format_state_name;
 use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Expr, ExprSchemable, LogicalPlan,
     LogicalPlanBuilder, Signature, Volatility,
@@ -215,24 +215,10 @@ impl AggregateUDFImpl for ApproxPercentiles {
         Ok(DataType::Struct(self.fields()))
     }
 
-    /// `approx_percentile_cont`'s state: the digest (`TDigest::to_scalar_state`).
+    /// `approx_percentile_cont`'s state, the digest (`TDigest::to_scalar_state`), as
+    /// DataFusion declares it.
     fn state_fields(&self, args: StateFieldsArgs<'_>) -> Result<Vec<FieldRef>> {
-        let name = |part| format_state_name(args.name, part);
-        Ok(vec![
-            Field::new(name("max_size"), DataType::UInt64, false),
-            Field::new(name("sum"), DataType::Float64, false),
-            Field::new(name("count"), DataType::Float64, false),
-            Field::new(name("max"), DataType::Float64, false),
-            Field::new(name("min"), DataType::Float64, false),
-            Field::new_list(
-                name("centroids"),
-                Field::new_list_field(DataType::Float64, true),
-                false,
-            ),
-        ]
-        .into_iter()
-        .map(Arc::new)
-        .collect())
+        ApproxPercentileCont::new().state_fields(args)
     }
 
     fn accumulator(&self, _: AccumulatorArgs<'_>) -> Result<Box<dyn Accumulator>> {

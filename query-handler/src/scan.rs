@@ -136,7 +136,7 @@ impl ReplicaTable {
             .fields()
             .iter()
             .map(|field| {
-                if dictionary_columns.contains(field.name()) && is_string(field.data_type()) {
+                if dictionary_columns.contains(field.name()) && holds_strings(field.data_type()) {
                     Arc::new(field.as_ref().clone().with_data_type(dictionary()))
                 } else {
                     Arc::clone(field)
@@ -254,7 +254,7 @@ impl Footers {
         &self,
         store: &Arc<dyn ObjectStore>,
         files: &[PartitionedFile],
-        table: &Schema,
+        table: &SchemaRef,
         dictionary_columns: &[String],
     ) -> anyhow::Result<Vec<Option<SchemaRef>>> {
         let unseen: Vec<ObjectMeta> = {
@@ -267,7 +267,7 @@ impl Footers {
         };
         let fetches = unseen.into_iter().map(|meta| {
             let (store, cache) = (Arc::clone(store), Arc::clone(&self.cache));
-            let table = table.clone();
+            let table = Arc::clone(table);
             let dictionary_columns = dictionary_columns.to_vec();
             async move {
                 let footer = DFParquetMetadata::new(store.as_ref(), &meta)
@@ -314,7 +314,7 @@ fn read_schema(
                 let data_type = match declared {
                     Some(declared)
                         if dictionary_columns.contains(field.name())
-                            && is_string(field.data_type()) =>
+                            && holds_strings(field.data_type()) =>
                     {
                         declared.data_type().clone()
                     }
@@ -335,11 +335,21 @@ fn read_schema(
     })
 }
 
-fn is_string(data_type: &DataType) -> bool {
+/// Whether `data_type` is a string type, not a dictionary.
+pub(crate) fn is_string(data_type: &DataType) -> bool {
     matches!(
         data_type,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-    ) || *data_type == dictionary()
+    )
+}
+
+/// Whether `data_type` holds strings: a string type, or a dictionary of strings with the keys
+/// [`dictionary`] reads.
+pub(crate) fn holds_strings(data_type: &DataType) -> bool {
+    match data_type {
+        DataType::Dictionary(keys, values) => **keys == DataType::Int32 && is_string(values),
+        other => is_string(other),
+    }
 }
 
 #[async_trait]

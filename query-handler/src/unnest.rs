@@ -20,17 +20,18 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use datafusion::arrow::compute::take;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{Result, internal_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::unnest::UnnestExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, PhysicalExpr, PlanProperties,
-    SendableRecordBatchStream, replace_children_if_necessary,
+    SendableRecordBatchStream,
 };
 use futures::StreamExt;
 
+use crate::dense::with_children;
 use crate::error::QueryError;
 
 /// Replaces every `UnnestExec` of `plan` that qualifies (see the module's comment).
@@ -105,12 +106,8 @@ impl ExecutionPlan for ListUnnestExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let unnest = replace_children_if_necessary(Arc::clone(&self.unnest) as _, children)?;
-        let Some(unnest) = unnest.downcast_ref::<UnnestExec>() else {
-            return internal_err!("an UnnestExec with new children is an UnnestExec");
-        };
         Ok(Arc::new(ListUnnestExec {
-            unnest: Arc::new(unnest.clone()),
+            unnest: with_children(&self.unnest, children)?,
             column: self.column,
         }))
     }
