@@ -34,7 +34,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
 use crate::maintenance::MaintenanceConfig;
-use crate::replica::{Replica, table_location};
+use crate::replica::Replica;
 use crate::replicator::{Progress, Replicator, ReplicatorConfig, SegmentNotice};
 
 /// The consumer's settings.
@@ -109,7 +109,7 @@ impl Config {
 
 /// Opens (or creates) the replica table at `path` inside `storage`.
 pub async fn open_replica(storage: &Storage, path: &str) -> anyhow::Result<Replica> {
-    let (url, options) = table_location(&storage.url, path)?;
+    let (url, options) = storage.url.table_location(path)?;
     Ok(Replica::open_or_create(url, options).await?)
 }
 

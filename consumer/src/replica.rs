@@ -17,7 +17,6 @@ use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
-use sluice_core::storage::{StorageUrl, s3_endpoint, s3_region};
 use url::Url;
 
 use crate::schema::{PARTITION_COLUMN, delta_columns};
@@ -29,42 +28,6 @@ pub const REPLICA_ZSTD_LEVEL: i32 = 3;
 
 /// Where the replica lives inside the store, unless told otherwise.
 pub const DEFAULT_REPLICA_PATH: &str = "replica";
-
-/// The Delta URL and storage options of a table at `path` inside `storage`.
-pub fn table_location(
-    storage: &StorageUrl,
-    path: &str,
-) -> anyhow::Result<(Url, HashMap<String, String>)> {
-    let path = path.trim_matches('/');
-    match storage {
-        StorageUrl::Local(dir) => {
-            let dir = std::path::absolute(dir.join(path))?;
-            std::fs::create_dir_all(&dir)?;
-            let url = Url::from_directory_path(&dir)
-                .map_err(|()| anyhow::anyhow!("{} is not an absolute path", dir.display()))?;
-            Ok((url, HashMap::new()))
-        }
-        StorageUrl::S3 { bucket, prefix } => {
-            let key = if prefix.is_empty() {
-                path.to_string()
-            } else {
-                format!("{prefix}/{path}")
-            };
-            let url = Url::parse(&format!("s3://{bucket}/{key}"))?;
-            // The standard AWS variables apply (deltalake reads them too); these two are what
-            // deltalake would not infer by itself.
-            let mut options = HashMap::from([("AWS_REGION".to_string(), s3_region())]);
-            if let Some(endpoint) = s3_endpoint() {
-                options.insert(
-                    "AWS_ALLOW_HTTP".into(),
-                    endpoint.starts_with("http://").to_string(),
-                );
-                options.insert("AWS_ENDPOINT_URL".into(), endpoint);
-            }
-            Ok((url, options))
-        }
-    }
-}
 
 /// How the replica's Parquet files are written: zstd, and delta encoding for the two integer
 /// columns that grow with arrival order (`received_at`, `batch_row`). Their dictionaries would

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use deltalake::datafusion::prelude::SessionContext;
 use sluice_consumer::maintenance::{MaintenanceConfig, maintain};
 use sluice_consumer::replica::Replica;
-use sluice_consumer::replica::table_location;
 use sluice_consumer::replicator::{Replicator, ReplicatorConfig, SegmentNotice};
 use sluice_consumer::{open_replica, schema};
 use sluice_core::Notification;
@@ -315,7 +314,7 @@ async fn compaction_rewrites_closed_days_at_the_archival_zstd_level() {
 async fn a_table_of_an_older_schema_gains_the_new_columns() {
     let setup = setup().await;
     // A replica made by a Sluice whose contract had no `lang` yet.
-    let (url, options) = table_location(&setup.storage.url, "replica").unwrap();
+    let (url, options) = setup.storage.url.table_location("replica").unwrap();
     let older: Vec<_> = schema::delta_columns()
         .into_iter()
         .filter(|field| field.name() != "lang")

@@ -6,6 +6,7 @@
 //! `AWS_REGION`. `aws-sdk-s3` is the control plane: it checks the bucket and creates it when
 //! it is missing.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -52,6 +53,54 @@ impl FromStr for StorageUrl {
             })
         } else {
             Err(invalid("use file://<dir> or s3://<bucket>[/<prefix>]"))
+        }
+    }
+}
+
+impl StorageUrl {
+    /// The URL and storage options (as delta-rs takes them) of the table at `path` inside this
+    /// store. A local table's directory is created if missing.
+    pub fn table_location(&self, path: &str) -> Result<(url::Url, HashMap<String, String>)> {
+        let path = path.trim_matches('/');
+        match self {
+            StorageUrl::Local(dir) => {
+                let io = |source| Error::Io {
+                    path: dir.join(path).display().to_string(),
+                    source,
+                };
+                let dir = std::path::absolute(dir.join(path)).map_err(io)?;
+                std::fs::create_dir_all(&dir).map_err(io)?;
+                let url =
+                    url::Url::from_directory_path(&dir).map_err(|()| Error::InvalidStorageUrl {
+                        url: self.to_string(),
+                        reason: format!("{} is not an absolute path", dir.display()),
+                    })?;
+                Ok((url, HashMap::new()))
+            }
+            StorageUrl::S3 { bucket, prefix } => {
+                let key = if prefix.is_empty() {
+                    path.to_string()
+                } else {
+                    format!("{prefix}/{path}")
+                };
+                let url = url::Url::parse(&format!("s3://{bucket}/{key}")).map_err(|e| {
+                    Error::InvalidStorageUrl {
+                        url: self.to_string(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                // The standard AWS variables apply (deltalake reads them too); these two are
+                // what deltalake would not infer by itself.
+                let mut options = HashMap::from([("AWS_REGION".to_string(), s3_region())]);
+                if let Some(endpoint) = s3_endpoint() {
+                    options.insert(
+                        "AWS_ALLOW_HTTP".into(),
+                        endpoint.starts_with("http://").to_string(),
+                    );
+                    options.insert("AWS_ENDPOINT_URL".into(), endpoint);
+                }
+                Ok((url, options))
+            }
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Config {
     /// The largest query request body accepted, in bytes.
     #[arg(long, env = "SLUICE_QUERY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub query_max_body_bytes: usize,
+    #[clap(flatten)]
+    pub post_actions: posts::PostActions,
 }
 
 /// What every handler shares.
@@ -49,6 +51,8 @@ pub struct AppState {
     pub handler: QueryHandlerClient<Channel>,
     pub http: reqwest::Client,
     pub ingest_urls: Arc<Vec<String>>,
+    /// Which notification types create, edit, delete and restore a post.
+    pub post_actions: Arc<posts::PostActions>,
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -88,6 +92,7 @@ pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
                 .filter(|u| !u.is_empty())
                 .collect(),
         ),
+        post_actions: Arc::new(config.post_actions.clone()),
     })
 }
 

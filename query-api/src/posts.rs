@@ -116,11 +116,100 @@ pub fn merge(
     events
 }
 
+/// What a notification does to its post, by its type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Sets the text, language and tags, and the creation time.
+    Create,
+    /// Sets the text, language and tags, and the edit time.
+    Edit,
+    Delete,
+    Restore,
+    /// Counts, and adds its metrics, like every notification.
+    Other,
+}
+
+/// Which notification types create, edit, delete and restore a post. A type matches a word of
+/// a list by its whole name or by its last dot-separated part, ignoring case: `updated` matches
+/// `post.updated` and `Post.Updated`.
+#[derive(Debug, Clone, clap::Args)]
+#[group(id = "post_actions")]
+pub struct PostActions {
+    /// Notification types that create a post (comma-separated).
+    #[arg(
+        long,
+        env = "SLUICE_POST_CREATE_TYPES",
+        value_delimiter = ',',
+        default_value = "created,published"
+    )]
+    pub post_create_types: Vec<String>,
+    /// Notification types that edit a post: the last one's text, language and tags are the
+    /// post's.
+    #[arg(
+        long,
+        env = "SLUICE_POST_EDIT_TYPES",
+        value_delimiter = ',',
+        default_value = "updated,edited,modified"
+    )]
+    pub post_edit_types: Vec<String>,
+    /// Notification types that delete a post.
+    #[arg(
+        long,
+        env = "SLUICE_POST_DELETE_TYPES",
+        value_delimiter = ',',
+        default_value = "deleted,removed"
+    )]
+    pub post_delete_types: Vec<String>,
+    /// Notification types that restore a deleted post.
+    #[arg(
+        long,
+        env = "SLUICE_POST_RESTORE_TYPES",
+        value_delimiter = ',',
+        default_value = "restored,undeleted"
+    )]
+    pub post_restore_types: Vec<String>,
+}
+
+impl Default for PostActions {
+    fn default() -> Self {
+        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect();
+        PostActions {
+            post_create_types: words(&["created", "published"]),
+            post_edit_types: words(&["updated", "edited", "modified"]),
+            post_delete_types: words(&["deleted", "removed"]),
+            post_restore_types: words(&["restored", "undeleted"]),
+        }
+    }
+}
+
+impl PostActions {
+    /// What a notification of type `kind` does to its post.
+    pub fn of(&self, kind: &str) -> Action {
+        let last = kind.rsplit('.').next().unwrap_or(kind);
+        let matches = |words: &[String]| {
+            words.iter().map(|w| w.trim()).any(|word| {
+                !word.is_empty()
+                    && (word.eq_ignore_ascii_case(kind) || word.eq_ignore_ascii_case(last))
+            })
+        };
+        if matches(&self.post_create_types) {
+            Action::Create
+        } else if matches(&self.post_edit_types) {
+            Action::Edit
+        } else if matches(&self.post_delete_types) {
+            Action::Delete
+        } else if matches(&self.post_restore_types) {
+            Action::Restore
+        } else {
+            Action::Other
+        }
+    }
+}
+
 /// The post's state after its trail: the last text, whether it is deleted, metric totals
 /// (each notification's metrics are increments), how many notifications of each type, and
-/// when things happened. A type's last dot-separated part says what it does: `created` and
-/// `edited` set the text, `deleted` deletes, `restored` undeletes.
-pub fn fold(events: &[Event]) -> Value {
+/// when things happened. `actions` says which types create, edit, delete and restore a post.
+pub fn fold(events: &[Event], actions: &PostActions) -> Value {
     let mut text = Value::Null;
     let mut lang = Value::Null;
     let mut tags = Value::Null;
@@ -144,8 +233,8 @@ pub fn fold(events: &[Event]) -> Value {
         {
             author_id = author.clone();
         }
-        match kind.rsplit('.').next().unwrap_or(kind) {
-            action @ ("created" | "edited") => {
+        match actions.of(kind) {
+            action @ (Action::Create | Action::Edit) => {
                 if let Some(t) = n.get("text") {
                     text = t.clone();
                 }
@@ -155,18 +244,18 @@ pub fn fold(events: &[Event]) -> Value {
                 if let Some(t) = n.get("tags") {
                     tags = t.clone();
                 }
-                if action == "created" {
+                if action == Action::Create {
                     created_at.get_or_insert(event.occurred_at);
                 } else {
                     edited_at = Some(event.occurred_at);
                 }
             }
-            "deleted" => {
+            Action::Delete => {
                 deleted = true;
                 deleted_at = Some(event.occurred_at);
             }
-            "restored" => deleted = false,
-            _ => {}
+            Action::Restore => deleted = false,
+            Action::Other => {}
         }
     }
     let time = |t: Option<i64>| t.map_or(Value::Null, |t| Value::String(format_micros(t)));
@@ -228,7 +317,7 @@ mod tests {
         let events = merge(memory, Vec::new(), None);
         let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
         assert_eq!(ids, ["1", "2", "4", "3"]);
-        let state = fold(&events);
+        let state = fold(&events, &PostActions::default());
         assert_eq!(state["text"], "hello!");
         assert_eq!(state["deleted"], true);
         assert_eq!(state["metric_totals"]["likes"], 2);
@@ -250,7 +339,10 @@ mod tests {
                 json!({"text": "hello!"}),
             ),
         ];
-        let state = fold(&merge(memory, Vec::new(), Some(before)));
+        let state = fold(
+            &merge(memory, Vec::new(), Some(before)),
+            &PostActions::default(),
+        );
         assert_eq!(state["text"], "hello");
         assert_eq!(state["notification_count"], 1);
         assert!(parse_as_of("yesterday").is_err());
@@ -274,5 +366,80 @@ mod tests {
             .map(|e| (e.id.as_str(), e.color.as_str()))
             .collect();
         assert_eq!(colors, [("a", "gray"), ("b", "red")]);
+    }
+
+    #[test]
+    fn updated_modified_and_removed_posts_and_configured_words() {
+        let trail = |kinds: &[(&str, &str)]| {
+            let memory = kinds
+                .iter()
+                .enumerate()
+                .map(|(i, (kind, text))| {
+                    entry(
+                        &i.to_string(),
+                        kind,
+                        &format!("2026-11-20T1{i}:00:00Z"),
+                        json!({"text": text}),
+                    )
+                })
+                .collect();
+            merge(memory, Vec::new(), None)
+        };
+        let defaults = PostActions::default();
+        for edit in [
+            "post.updated",
+            "post.edited",
+            "post.modified",
+            "Post.Updated",
+            "updated",
+        ] {
+            let state = fold(
+                &trail(&[("post.created", "first"), (edit, "second")]),
+                &defaults,
+            );
+            assert_eq!(state["text"], "second", "{edit}");
+            assert_eq!(state["edited_at"], "2026-11-20T11:00:00Z", "{edit}");
+            assert_eq!(state["created_at"], "2026-11-20T10:00:00Z", "{edit}");
+        }
+        for delete in ["post.deleted", "post.removed"] {
+            let state = fold(&trail(&[("post.created", "a"), (delete, "")]), &defaults);
+            assert_eq!(state["deleted"], true, "{delete}");
+            let state = fold(
+                &trail(&[("post.created", "a"), (delete, ""), ("post.restored", "")]),
+                &defaults,
+            );
+            assert_eq!(state["deleted"], false, "{delete}");
+        }
+        // A like neither edits nor deletes; a type that merely contains a word does not match.
+        let state = fold(
+            &trail(&[
+                ("post.created", "a"),
+                ("post.liked", "b"),
+                ("post.updated_count", "c"),
+            ]),
+            &defaults,
+        );
+        assert_eq!(state["text"], "a");
+        assert_eq!(state["edited_at"], Value::Null);
+        // Words of the operator's own, whole types included.
+        let custom = PostActions {
+            post_edit_types: vec!["rewritten".into(), "status.changed".into()],
+            ..PostActions::default()
+        };
+        let state = fold(
+            &trail(&[("post.created", "a"), ("post.rewritten", "b")]),
+            &custom,
+        );
+        assert_eq!(state["text"], "b");
+        let state = fold(
+            &trail(&[("post.created", "a"), ("status.changed", "c")]),
+            &custom,
+        );
+        assert_eq!(state["text"], "c");
+        let state = fold(
+            &trail(&[("post.created", "a"), ("post.updated", "d")]),
+            &custom,
+        );
+        assert_eq!(state["text"], "a", "updated is no longer an edit");
     }
 }

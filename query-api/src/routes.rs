@@ -82,6 +82,7 @@ fn meta(reply: &QueryReply) -> Value {
         "elapsed_ms": reply.elapsed_micros as f64 / 1000.0,
         "cached": reply.cached,
         "row_count": reply.rows,
+        "rules": reply.rules,
     });
     if !reply.error.is_empty() {
         meta["error"] = reply.error.clone().into();
@@ -145,6 +146,7 @@ fn render_reply(reply: QueryReply, format: Format) -> Result<Response, ApiError>
         ),
         ("x-sluice-cached", reply.cached.to_string()),
         ("x-sluice-rows", reply.rows.to_string()),
+        ("x-sluice-rules", reply.rules.join(",")),
     ] {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(name, value);
@@ -238,7 +240,7 @@ pub(crate) async fn get_post(
         )));
     }
     let mut body = json!({"platform": platform, "post_id": post_id, "as_of": params.as_of});
-    body["state"] = posts::fold(&events);
+    body["state"] = posts::fold(&events, &state.post_actions);
     body["sources"] = sources;
     Ok(Json(body))
 }

@@ -138,9 +138,9 @@ mod tests {
     fn the_budget_pushes_out_the_oldest_entries() {
         let cache = ResultCache::new(1_000, Duration::from_secs(60));
         for i in 0..5 {
-            assert!(cache.insert((format!("q{i}"), 1), answer(200)));
+            assert!(cache.insert((format!("q{i}"), 1), answer(150)));
         }
-        assert!(cache.insert(("q5".into(), 1), answer(200)));
+        assert!(cache.insert(("q5".into(), 1), answer(150)));
         assert!(cache.used_bytes() <= 1_000);
         assert!(
             cache.get(&("q0".into(), 1)).is_none(),

@@ -6,24 +6,29 @@
 //! cores), so a heavy query keeps every core busy without starving the gRPC server, which
 //! stays responsive on the process's main runtime.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use arrow::ipc::writer::StreamWriter;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::coop::CooperativeExec;
 use datafusion::physical_plan::{ExecutionPlan, execute_stream};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParserBuilder, Statement};
-use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, Expr as SqlExpr, Statement as SqlStatement, visit_expressions,
+};
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 use crate::error::QueryError;
-use crate::replica::Snapshot;
-use crate::{codes, counts, dense, kernels, nulls, percentiles, pushdown, regroup, scan, unnest};
+use crate::rules::{self, FiredRules, RuleContext, RuleSwitches, RulesThenPlanner};
+use crate::snapshot::Snapshot;
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -37,7 +42,8 @@ pub struct Limits {
     pub max_result_bytes: usize,
     /// DataFusion's settings for every query.
     pub session: SessionConfig,
-    /// Columns with few distinct values, which aggregates group by first ([`regroup`]).
+    /// Columns with few distinct values, which aggregates group by first
+    /// ([`rules::regroup`]) and number ([`rules::number_groups`]).
     pub low_cardinality: Arc<[String]>,
 }
 
@@ -51,11 +57,15 @@ pub struct Answer {
     /// False when the plan calls a function whose value changes between runs (`now()`,
     /// `random()`): such answers are never served from the cache.
     pub cacheable: bool,
+    /// The handler's rules that rewrote the query, in the order they did.
+    pub rules: Vec<String>,
 }
 
 impl Answer {
     pub fn size_bytes(&self) -> usize {
-        self.ipc.len() + std::mem::size_of::<Self>()
+        self.ipc.len()
+            + std::mem::size_of::<Self>()
+            + self.rules.iter().map(String::len).sum::<usize>()
     }
 
     #[cfg(test)]
@@ -65,6 +75,7 @@ impl Answer {
             rows: 0,
             replica_version: 0,
             cacheable: true,
+            rules: Vec::new(),
         }
     }
 }
@@ -104,6 +115,13 @@ pub fn parse(sql: &str) -> Result<Parsed, QueryError> {
             )));
         }
     }
+    if let Some(comparison) = unparenthesized_distinct_from(&statement) {
+        return Err(QueryError::InvalidSql(format!(
+            "put parentheses around the IS [NOT] DISTINCT FROM comparison in `{comparison}`, \
+             e.g. `(a IS DISTINCT FROM b) AND c`: without them, this version of the SQL parser \
+             reads `a IS DISTINCT FROM b AND c` as `a IS DISTINCT FROM (b AND c)`"
+        )));
+    }
     let normalized = statement.to_string();
     Ok(Parsed {
         statement,
@@ -111,14 +129,87 @@ pub fn parse(sql: &str) -> Result<Parsed, QueryError> {
     })
 }
 
-/// Plans and runs `statement` against `snapshot`, and encodes the result.
+/// An `IS [NOT] DISTINCT FROM` whose right operand took in an operator that binds more loosely
+/// than `IS` (`AND`, `OR`, another `IS …`) without the user's parentheses, as written.
+///
+/// sqlparser 0.62 (DataFusion 55's) parses that operand with the lowest precedence, so
+/// `a IS DISTINCT FROM 'x' AND b` becomes `a IS DISTINCT FROM ('x' AND b)`: an error when `a`
+/// is not a boolean, a wrong answer when it is. Fixed in sqlparser 0.63
+/// (apache/datafusion-sqlparser-rs#2436); until DataFusion moves to it, such a query is refused
+/// and the client told to add parentheses. Rewriting the tree instead would be wrong inside
+/// larger expressions (`c AND a IS DISTINCT FROM x OR b`). Parentheses the user wrote are an
+/// `Expr::Nested`, which is not looked into.
+fn unparenthesized_distinct_from(statement: &Statement) -> Option<String> {
+    fn reads_past_is(right: &SqlExpr) -> bool {
+        match right {
+            SqlExpr::BinaryOp {
+                op: BinaryOperator::And | BinaryOperator::Or,
+                ..
+            }
+            | SqlExpr::IsNull(_)
+            | SqlExpr::IsNotNull(_)
+            | SqlExpr::IsTrue(_)
+            | SqlExpr::IsNotTrue(_)
+            | SqlExpr::IsFalse(_)
+            | SqlExpr::IsNotFalse(_)
+            | SqlExpr::IsUnknown(_)
+            | SqlExpr::IsNotUnknown(_)
+            | SqlExpr::IsDistinctFrom(..)
+            | SqlExpr::IsNotDistinctFrom(..)
+            | SqlExpr::IsNormalized { .. } => true,
+            SqlExpr::BinaryOp { left, right, .. } => reads_past_is(left) || reads_past_is(right),
+            _ => false,
+        }
+    }
+    let Statement::Statement(inner) = statement else {
+        return None;
+    };
+    match visit_expressions(inner.as_ref(), |expr| match expr {
+        SqlExpr::IsDistinctFrom(_, right) | SqlExpr::IsNotDistinctFrom(_, right)
+            if reads_past_is(right) =>
+        {
+            ControlFlow::Break(expr.to_string())
+        }
+        _ => ControlFlow::Continue(()),
+    }) {
+        ControlFlow::Break(comparison) => Some(comparison),
+        ControlFlow::Continue(()) => None,
+    }
+}
+
+/// Plans and runs `statement` against `snapshot`, and encodes the result. A query whose
+/// numbering of strings gave up ([`rules::number_groups::NumberingGaveUp`]) runs once more
+/// without it.
 pub async fn execute(
     statement: Statement,
     snapshot: Arc<Snapshot>,
     limits: Limits,
 ) -> Result<Answer, QueryError> {
-    let ctx = session(&snapshot, &limits)?;
-    let (physical, cacheable) = plan(&ctx, statement, &snapshot, &limits).await?;
+    match execute_once(statement.clone(), &snapshot, &limits).await {
+        Err(QueryError::GaveUp(reason)) => {
+            tracing::info!(
+                reason,
+                "running the query again without numbering its groups"
+            );
+            let mut limits = limits;
+            rules::turn_off(limits.session.options_mut(), &["number_groups".to_string()])?;
+            execute_once(statement, &snapshot, &limits).await
+        }
+        outcome => outcome,
+    }
+}
+
+async fn execute_once(
+    statement: Statement,
+    snapshot: &Arc<Snapshot>,
+    limits: &Limits,
+) -> Result<Answer, QueryError> {
+    let ctx = session(snapshot, limits)?;
+    let (physical, cacheable) = plan(&ctx, statement).await?;
+    let rules = fired_rules(&ctx);
+    if !rules.is_empty() {
+        tracing::debug!(?rules, "the handler's rules rewrote the query");
+    }
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();
@@ -147,50 +238,97 @@ pub async fn execute(
         rows,
         replica_version: snapshot.version,
         cacheable,
+        rules,
     })
 }
 
-/// The physical plan of `statement` in `ctx` (a [`session`] of `snapshot`), with the handler's
-/// rewrites applied; and whether its answer may be cached (it calls no changing function).
+/// The handler's rules that rewrote the plans of `ctx` (a [`session`]), in the order they did.
+pub fn fired_rules(ctx: &SessionContext) -> Vec<String> {
+    ctx.state()
+        .config()
+        .get_extension::<FiredRules>()
+        .map(|fired| fired.names())
+        .unwrap_or_default()
+}
+
+/// The physical plan of `statement` in `ctx` (a [`session`]), with the handler's rules
+/// applied; and whether its answer may be cached (it calls no changing function).
 pub async fn plan(
     ctx: &SessionContext,
     statement: Statement,
-    snapshot: &Snapshot,
-    limits: &Limits,
 ) -> Result<(Arc<dyn ExecutionPlan>, bool), QueryError> {
-    let plan = ctx.state().statement_to_plan(statement).await?;
+    let state = ctx.state();
+    let plan = state.statement_to_plan(statement).await?;
     read_only()
         .verify_plan(&plan)
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
-    let state = ctx.state();
-    let plan = nulls::use_null_counts(state.optimize(&plan)?, snapshot)?;
-    let plan = counts::answer_from_log(plan, snapshot)?;
-    let plan = regroup::regroup(plan, &limits.low_cardinality)?;
-    let plan = codes::group_by_codes(plan, &limits.low_cardinality, snapshot)?;
-    let plan = scan::group_by_views(plan)?;
-    let plan = kernels::use_faster_kernels(plan)?;
-    let plan = percentiles::share_digests(plan)?;
+    let optimized = match state.optimize(&plan) {
+        Err(DataFusionError::Context(rule, _)) if LEAF_PUSHDOWN_RULES.contains(&rule.as_str()) => {
+            // DataFusion 55 can lose a map look-up's column when an outer join's side turns out
+            // empty (docs/read-path.md); without moving the look-ups the plan is right.
+            tracing::info!(rule, "optimizing again without leaf expression pushdown");
+            let mut state = state.clone();
+            state
+                .config_mut()
+                .options_mut()
+                .optimizer
+                .enable_leaf_expression_pushdown = false;
+            state.optimize(&plan)?
+        }
+        optimized => optimized?,
+    };
     let physical = state
         .query_planner()
-        .create_physical_plan(&plan, &state)
+        .create_physical_plan(&optimized, &state)
         .await?;
-    let physical = pushdown::without_repeated_conditions(physical)?;
-    let physical = dense::aggregate_by_codes(physical)?;
-    let physical = unnest::unnest_by_slices(physical)?;
-    let physical = scan::without_dictionaries(physical)?;
     Ok((physical, cacheable))
 }
 
-/// A session of its own for one query: the query's memory pool, every core, and the replica
-/// snapshot registered as `notifications`.
-pub fn session(snapshot: &Snapshot, limits: &Limits) -> Result<SessionContext, QueryError> {
+/// How DataFusion's optimizer names a failure of its rules that move map and struct look-ups.
+const LEAF_PUSHDOWN_RULES: [&str; 2] = [
+    "Optimizer rule 'push_down_leaf_projections' failed",
+    "Optimizer rule 'extract_leaf_expressions' failed",
+];
+
+/// A session of its own for one query: the query's memory pool, every core, the handler's
+/// rules ([`rules`]) as the session's switches say, and the replica snapshot registered as
+/// `notifications`, read by the handler's own scan unless `sluice.dictionary_scan` is off.
+pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionContext, QueryError> {
+    let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limits.memory_bytes));
     let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::new(GreedyMemoryPool::new(limits.memory_bytes)))
+        .with_memory_pool(Arc::clone(&pool))
         .build_arc()?;
-    let config = limits.session.clone();
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
-    ctx.register_table(TABLE, snapshot.provider.clone())?;
+    let mut config = limits.session.clone();
+    if config.options().extensions.get::<RuleSwitches>().is_none() {
+        config = config.with_option_extension(RuleSwitches::default());
+    }
+    let switches = RuleSwitches::of(config.options());
+    let context = RuleContext {
+        snapshot: Arc::clone(snapshot),
+        low_cardinality: Arc::clone(&limits.low_cardinality),
+        pool,
+        fired: Arc::default(),
+    };
+    let config = config.with_extension(Arc::clone(&context.fired));
+    // Each physical rule follows DataFusion's own (`with_physical_optimizer_rules` would
+    // replace those).
+    let state = rules::physical(&context).into_iter().fold(
+        SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_query_planner(Arc::new(RulesThenPlanner::new(rules::logical(&context)))),
+        |builder, rule| builder.with_physical_optimizer_rule(rule),
+    );
+    let state = state.build();
+    let ctx = SessionContext::new_with_state(state);
+    let table = if switches.dictionary_scan {
+        Arc::clone(&snapshot.provider)
+    } else {
+        Arc::clone(&snapshot.delta)
+    };
+    ctx.register_table(TABLE, table)?;
     Ok(ctx)
 }
 
@@ -265,12 +403,40 @@ mod tests {
             ("SELECT 1; SELECT 2", "exactly one"),
             ("SELEC 1", "Expected"),
             ("", "exactly one"),
+            ("SELECT a IS DISTINCT FROM 'x' AND b FROM t", "parentheses"),
+            (
+                "SELECT 1 FROM t WHERE a IS NOT DISTINCT FROM b OR c",
+                "parentheses",
+            ),
+            (
+                "SELECT 1 FROM t WHERE NOT a IS DISTINCT FROM b AND c",
+                "parentheses",
+            ),
+            ("SELECT a IS DISTINCT FROM b IS NULL FROM t", "parentheses"),
+            (
+                "SELECT 1 FROM t a JOIN t b ON a.p IS NOT DISTINCT FROM b.p AND a.i IS NOT DISTINCT FROM b.i",
+                "parentheses",
+            ),
+            (
+                "SELECT 1 FROM t WHERE x IN (SELECT y FROM u WHERE y IS DISTINCT FROM 1 OR z)",
+                "parentheses",
+            ),
         ] {
             let error = parse(sql).err().unwrap_or_else(|| panic!("{sql} passed"));
             assert!(
                 error.to_string().contains(says),
                 "{sql}: {error} does not say {says}"
             );
+        }
+        // Parentheses the user wrote, and operators that bind tighter than IS, pass.
+        for sql in [
+            "SELECT (a IS DISTINCT FROM 'x') AND b FROM t",
+            "SELECT a IS DISTINCT FROM ('x' AND b) FROM t",
+            "SELECT a IS DISTINCT FROM b + 1 FROM t",
+            "SELECT a IS NOT DISTINCT FROM b BETWEEN 1 AND 2 FROM t",
+            "SELECT 1 FROM t a JOIN t b ON (a.p IS NOT DISTINCT FROM b.p) AND a.i = b.i",
+        ] {
+            parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
         }
     }
 }

@@ -4,6 +4,8 @@ use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use tonic::Status;
 
+use crate::rules::number_groups::NumberingGaveUp;
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueryError {
@@ -21,6 +23,9 @@ pub enum QueryError {
     ResultTooLarge(String),
     #[error("the query needs more memory than its limit: {0}")]
     MemoryLimit(String),
+    /// A rule's fast path gave up on this query's data; the engine runs it again without.
+    #[error("{0}")]
+    GaveUp(String),
     #[error(
         "the query did not finish within {0} ms; narrow it (a time range, fewer groups) or ask for a higher limit"
     )]
@@ -33,6 +38,9 @@ pub enum QueryError {
 
 impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> Self {
+        if NumberingGaveUp::caused(&error) {
+            return QueryError::GaveUp(error.find_root().to_string());
+        }
         let root = error.find_root();
         match root {
             DataFusionError::SQL(..)
@@ -69,7 +77,7 @@ impl QueryError {
             QueryError::InvalidSql(_) | QueryError::NotReadOnly(_) | QueryError::Execution(_) => {
                 tonic::Code::InvalidArgument
             }
-            QueryError::ResultTooLarge(_) | QueryError::MemoryLimit(_) => {
+            QueryError::ResultTooLarge(_) | QueryError::MemoryLimit(_) | QueryError::GaveUp(_) => {
                 tonic::Code::ResourceExhausted
             }
             QueryError::Timeout(_) => tonic::Code::DeadlineExceeded,

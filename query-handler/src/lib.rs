@@ -1,9 +1,11 @@
 //! The query handler: analysts' SQL over the replica, with DataFusion on every core.
 //!
+//! - [`snapshot`]: one version of the replica, ready to query, with its log's statistics.
 //! - [`replica`]: a read-only view of the Delta table that follows its latest version; each
 //!   query reads one snapshot.
 //! - [`scan`]: the handler's own scan of a snapshot's Parquet files, which reads
 //!   low-cardinality columns as dictionary keys.
+//! - [`rules`]: the handler's rewrites of DataFusion's plans, each with a switch.
 //! - [`engine`]: parses one statement, refuses anything but a read-only query, plans and runs
 //!   it under a memory limit on the handler's own query runtime, and encodes the result as an
 //!   Arrow IPC stream.
@@ -18,21 +20,14 @@
 //! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
 
 pub mod cache;
-pub mod codes;
-pub mod counts;
-pub mod dense;
 pub mod engine;
 pub mod error;
-pub mod kernels;
 pub mod lookup;
-pub mod nulls;
-pub mod percentiles;
-pub mod pushdown;
 pub mod queries;
-pub mod regroup;
 pub mod replica;
+pub mod rules;
 pub mod scan;
-pub mod unnest;
+pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -55,7 +50,8 @@ use crate::cache::{CacheKey, ResultCache};
 use crate::engine::{Answer, Limits};
 use crate::error::QueryError;
 use crate::queries::{QueryLog, QueryState};
-use crate::replica::{ReplicaView, Snapshot};
+use crate::replica::ReplicaView;
+use crate::snapshot::Snapshot;
 
 /// The query handler's settings.
 #[derive(Debug, Clone, clap::Args)]
@@ -102,6 +98,11 @@ pub struct Config {
         default_value = "platform,type,lang,producer_id"
     )]
     pub low_cardinality_columns: Vec<String>,
+    /// The handler's query rules to turn off (comma-separated names, e.g. `regroup`), should
+    /// one misbehave; see the query handler's `rules` module for the list. Answers are the
+    /// same either way.
+    #[arg(long, env = "SLUICE_QUERY_RULES_OFF", value_delimiter = ',')]
+    pub query_rules_off: Vec<String>,
 }
 
 impl Config {
@@ -119,6 +120,7 @@ impl Config {
             low_cardinality_columns: ["platform", "type", "lang", "producer_id"]
                 .map(String::from)
                 .to_vec(),
+            query_rules_off: Vec::new(),
         }
     }
 
@@ -142,7 +144,10 @@ impl Config {
         let mut session = datafusion::prelude::SessionConfig::from_env()
             .map_err(|e| anyhow::anyhow!("a DATAFUSION_* setting is invalid: {e}"))?
             .with_target_partitions(self.threads())
-            .with_information_schema(false);
+            .with_information_schema(false)
+            .with_option_extension(rules::RuleSwitches::default());
+        rules::turn_off(session.options_mut(), &self.query_rules_off)
+            .map_err(|e| anyhow::anyhow!("--query-rules-off: {e}"))?;
         // Joins of the replica with itself (created with deleted posts, authors with their
         // posts) build on keys spread over the whole table, so the filter a hash join pushes
         // into its probe side's scan prunes nothing and costs a lookup per row: 5–15% of those
@@ -343,6 +348,7 @@ fn reply(
         rows: answer.rows,
         arrow_ipc: answer.ipc.clone(),
         sql,
+        rules: answer.rules.clone(),
         ..QueryReply::default()
     }
 }
@@ -442,6 +448,7 @@ impl QueryHandler for QueryHandlerService {
                     Some(answer) => {
                         out.state = "orange".into();
                         out.arrow_ipc = answer.ipc.clone();
+                        out.rules = answer.rules.clone();
                     }
                     None if kept => out.state = "expired".into(),
                     None => out.state = "done".into(),
@@ -506,7 +513,7 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (url, options) = sluice_consumer::replica::table_location(&storage.url, replica_path)?;
+    let (url, options) = storage.url.table_location(replica_path)?;
     let replica = Arc::new(ReplicaView::new(
         url,
         options,

@@ -14,7 +14,7 @@ use sluice_proto::v1;
 
 use crate::engine::{self, Limits, TABLE};
 use crate::error::QueryError;
-use crate::replica::Snapshot;
+use crate::snapshot::Snapshot;
 
 const COLUMNS: [&str; 13] = [
     "platform",
@@ -35,7 +35,7 @@ const COLUMNS: [&str; 13] = [
 /// The post's notifications in the replica, oldest first (by event time, then arrival, then
 /// id); with `as_of`, only those that occurred at or before it.
 pub async fn post_events(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     limits: &Limits,
     platform: &str,
     post_id: &str,
@@ -78,7 +78,7 @@ pub async fn post_events(
 
 /// The notification `(platform, id)` from the replica, if it is there.
 pub async fn find_notification(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     limits: &Limits,
     platform: &str,
     id: &str,

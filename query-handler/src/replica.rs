@@ -6,43 +6,18 @@
 //! isolation) while newer versions appear. The handler never writes the table: the consumer is
 //! its only committer, and the handler does not even create it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use datafusion::catalog::TableProvider;
-use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::TableScan;
 use deltalake::{DeltaTable, DeltaTableError};
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
-use crate::counts::PartitionCounts;
-use crate::nulls;
 use crate::scan::{Footers, ReplicaTable};
-
-/// One version of the replica, ready to query.
-pub struct Snapshot {
-    pub version: u64,
-    /// The table queries read: the handler's own scan ([`ReplicaTable`]) when it can read this
-    /// version, else delta-rs's.
-    pub provider: Arc<dyn TableProvider>,
-    /// delta-rs's provider of the same version, which reads every string column as views.
-    pub delta: Arc<dyn TableProvider>,
-    /// Rows per partition from this version's log, when the log alone can say.
-    pub counts: Option<Arc<PartitionCounts>>,
-    /// Columns that no file of this version holds a null in, by the log's statistics.
-    pub without_nulls: BTreeSet<String>,
-}
-
-impl Snapshot {
-    /// Whether `scan` reads this snapshot's table.
-    pub fn is_read_by(&self, scan: &TableScan) -> bool {
-        source_as_provider(&scan.source)
-            .is_ok_and(|provider| Arc::ptr_eq(&provider, &self.provider))
-    }
-}
+use crate::snapshot::{PartitionCounts, Snapshot, columns_without_nulls};
 
 pub struct ReplicaView {
     url: Url,
@@ -114,7 +89,7 @@ impl ReplicaView {
             }
         };
         let counts = PartitionCounts::of(table).map(Arc::new);
-        let without_nulls = nulls::columns_without_nulls(table);
+        let without_nulls = columns_without_nulls(table);
         *self.current.write().expect("snapshot lock poisoned") = Some(Arc::new(Snapshot {
             version,
             provider,

@@ -21,19 +21,18 @@
 //! mapping, partition columns last. Otherwise the snapshot keeps delta-rs's provider. Filters on
 //! partition columns alone choose the files, before any is opened; every filter is also given
 //! to the Parquet reader to skip row groups by their statistics. Query answers never show the
-//! dictionaries: [`without_dictionaries`] turns the result's columns back into string views.
+//! dictionaries: [`crate::rules::without_dictionaries`] turns the result's columns back into
+//! string views.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, StringViewArray};
-use arrow::buffer::ScalarBuffer;
-use arrow::datatypes::{DataType, Field, FieldRef, Int32Type, Schema, SchemaRef};
+use arrow::array::{Array, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
-use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema, Result, ScalarValue, Statistics, exec_err};
+use datafusion::common::{DFSchema, Result, ScalarValue, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
@@ -44,18 +43,12 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::execution::cache::cache_manager::FileMetadataCache;
 use datafusion::execution::cache::default_cache::DefaultCache;
 use datafusion::execution::object_store::ObjectStoreUrl;
-use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::utils::conjunction;
-use datafusion::logical_expr::{
-    ColumnarValue, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, ReturnFieldArgs,
-    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableProviderFilterPushDown,
-    Volatility, cast,
-};
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderMetadata, ArrowReaderOptions};
 use datafusion::parquet::arrow::parquet_to_arrow_schema;
-use datafusion::physical_expr::expressions::CastExpr;
-use datafusion::physical_plan::projection::ProjectionExec;
-use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -389,6 +382,15 @@ impl TableProvider for ReplicaTable {
             .runtime_env()
             .register_object_store(self.store_url.as_ref(), Arc::clone(&self.store));
         let files = self.files_kept(state, filters)?;
+        if files.is_empty() {
+            // No file passes (or the table has none): a scan of no file groups would have no
+            // partition at all, which the operators above cannot be planned on.
+            let schema = match projection {
+                Some(columns) => Arc::new(self.schema.project(columns)?),
+                None => Arc::clone(&self.schema),
+            };
+            return Ok(Arc::new(EmptyExec::new(schema)));
+        }
         let every_filter_exact = filters.iter().all(|f| self.on_partitions(f));
 
         let table_schema = TableSchema::builder(Arc::clone(&self.file_schema))
@@ -429,200 +431,5 @@ impl TableProvider for ReplicaTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
-    }
-}
-
-/// `plan` with every group that is a dictionary of strings grouped as string views instead.
-/// DataFusion groups string views column by column, but a dictionary only through its row
-/// format, which made `GROUP BY platform, tag` 16% slower than on views. [`AsViews`] turns
-/// the dictionaries into views. The groups
-/// [`crate::codes`] numbers are no dictionaries any more when this runs. The few result rows
-/// are cast back, so the nodes above see the aggregate's columns as before.
-pub fn group_by_views(plan: LogicalPlan) -> Result<LogicalPlan> {
-    Ok(plan
-        .transform_up(|node| {
-            let LogicalPlan::Aggregate(aggregate) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            if matches!(aggregate.group_expr.first(), Some(Expr::GroupingSet(_))) {
-                return Ok(Transformed::no(node));
-            }
-            let input = aggregate.input.schema();
-            let mut cast_back = Vec::with_capacity(aggregate.group_expr.len());
-            let groups = aggregate
-                .group_expr
-                .iter()
-                .map(|group| {
-                    let data_type = group.get_type(input)?;
-                    if matches!(&data_type, DataType::Dictionary(_, values) if is_string(values)) {
-                        let name = group.schema_name().to_string();
-                        cast_back.push(Some(data_type));
-                        Ok(as_views(group.clone().unalias()).alias(name))
-                    } else {
-                        cast_back.push(None);
-                        Ok(group.clone())
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if cast_back.iter().all(Option::is_none) {
-                return Ok(Transformed::no(node));
-            }
-            let grouped = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
-                .aggregate(groups, aggregate.aggr_expr.clone())?
-                .build()?;
-            let original = &aggregate.schema;
-            let columns: Vec<Expr> = (0..original.fields().len())
-                .map(|i| {
-                    let (qualifier, field) = original.qualified_field(i);
-                    let value = Expr::Column(Column::from(grouped.schema().qualified_field(i)));
-                    let value = match cast_back.get(i).cloned().flatten() {
-                        Some(data_type) => cast(value, data_type),
-                        None => value,
-                    };
-                    value.alias_qualified(qualifier.cloned(), field.name())
-                })
-                .collect();
-            Ok(Transformed::yes(
-                LogicalPlanBuilder::from(grouped)
-                    .project(columns)?
-                    .build()?,
-            ))
-        })?
-        .data)
-}
-
-/// `plan` with each dictionary column of its output cast to string views, the type the table
-/// would show without [`ReplicaTable`]'s dictionaries.
-pub fn without_dictionaries(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-    let schema = plan.schema();
-    if !schema
-        .fields()
-        .iter()
-        .any(|f| matches!(f.data_type(), DataType::Dictionary(..)))
-    {
-        return Ok(plan);
-    }
-    let columns: Vec<(Arc<dyn PhysicalExpr>, String)> = schema
-        .fields()
-        .iter()
-        .enumerate()
-        .map(|(i, field)| {
-            let column: Arc<dyn PhysicalExpr> = Arc::new(
-                datafusion::physical_expr::expressions::Column::new(field.name(), i),
-            );
-            let column = match field.data_type() {
-                DataType::Dictionary(_, values) if is_string(values) => {
-                    Arc::new(CastExpr::new(column, DataType::Utf8View, None)) as _
-                }
-                DataType::Dictionary(_, values) => {
-                    Arc::new(CastExpr::new(column, values.as_ref().clone(), None)) as _
-                }
-                _ => column,
-            };
-            (column, field.name().clone())
-        })
-        .collect();
-    Ok(Arc::new(ProjectionExec::try_new(columns, plan)?))
-}
-
-/// `as_views(dictionary)`: a dictionary of strings as string views. Arrow's cast builds each
-/// row's view from its string (15% of `GROUP BY platform, tag` after an `unnest`); this builds
-/// the views of the dictionary's few strings once and gives each row its key's.
-#[derive(Debug, PartialEq, Eq, Hash)]
-struct AsViews {
-    signature: Signature,
-}
-
-fn as_views(expr: Expr) -> Expr {
-    Expr::ScalarFunction(ScalarFunction::new_udf(
-        Arc::new(ScalarUDF::new_from_impl(AsViews {
-            signature: Signature::any(1, Volatility::Immutable),
-        })),
-        vec![expr],
-    ))
-}
-
-impl ScalarUDFImpl for AsViews {
-    fn name(&self) -> &str {
-        "as_views"
-    }
-
-    fn signature(&self) -> &Signature {
-        &self.signature
-    }
-
-    fn return_type(&self, _: &[DataType]) -> Result<DataType> {
-        Ok(DataType::Utf8View)
-    }
-
-    fn return_field_from_args(&self, args: ReturnFieldArgs<'_>) -> Result<FieldRef> {
-        let nullable = args.arg_fields.iter().any(|field| field.is_nullable());
-        Ok(Field::new(self.name(), DataType::Utf8View, nullable).into())
-    }
-
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [value] = args.args.as_slice() else {
-            return exec_err!("as_views takes one dictionary");
-        };
-        match value {
-            ColumnarValue::Array(array) => {
-                Ok(ColumnarValue::Array(Arc::new(views_of(array.as_ref())?)))
-            }
-            ColumnarValue::Scalar(scalar) => {
-                Ok(ColumnarValue::Scalar(scalar.cast_to(&DataType::Utf8View)?))
-            }
-        }
-    }
-}
-
-/// The rows of a dictionary of strings as string views (see [`AsViews`]).
-fn views_of(array: &dyn Array) -> Result<StringViewArray> {
-    let Some(dictionary) = array.as_dictionary_opt::<Int32Type>() else {
-        return Ok(arrow::compute::cast(array, &DataType::Utf8View)?
-            .as_string_view()
-            .clone());
-    };
-    let values = arrow::compute::cast(dictionary.values(), &DataType::Utf8View)?;
-    let values = values.as_string_view();
-    let nulls = dictionary.logical_nulls();
-    let views: ScalarBuffer<u128> = dictionary
-        .keys()
-        .values()
-        .iter()
-        // A null row's key may be anything: the mask hides what it gets.
-        .map(|&key| values.views().get(key as usize).copied().unwrap_or(0))
-        .collect();
-    // SAFETY: every view is one of `values`' views, over `values`' buffers, or 0 (empty).
-    Ok(unsafe { StringViewArray::new_unchecked(views, values.data_buffers().to_vec(), nulls) })
-}
-
-#[cfg(test)]
-mod tests {
-    use arrow::array::{DictionaryArray, Int32Array, StringArray};
-
-    use super::*;
-
-    #[test]
-    fn a_dictionary_becomes_the_views_of_its_rows_strings() {
-        let long = "a string longer than twelve bytes";
-        let dictionary = DictionaryArray::<Int32Type>::new(
-            Int32Array::from(vec![Some(1), Some(0), None, Some(2), Some(1), Some(0)]),
-            Arc::new(StringArray::from(vec![Some("b"), Some(long), None])),
-        );
-        let expected = [Some(long), Some("b"), None, None, Some(long), Some("b")];
-        assert_eq!(
-            views_of(&dictionary).unwrap(),
-            StringViewArray::from(expected.to_vec())
-        );
-        assert_eq!(
-            views_of(&dictionary.slice(2, 3)).unwrap(),
-            StringViewArray::from(expected[2..5].to_vec())
-        );
-        // Anything else is cast.
-        let plain = StringArray::from(expected.to_vec());
-        assert_eq!(
-            views_of(&plain).unwrap(),
-            StringViewArray::from(expected.to_vec())
-        );
     }
 }

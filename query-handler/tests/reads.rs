@@ -11,11 +11,14 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::ipc::reader::StreamReader;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::config::ConfigOptions;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::execution::memory_pool::UnboundedMemoryPool;
 use datafusion::functions::core::getfield::GetFieldFunc;
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::optimizer::OptimizerContext;
 use datafusion::physical_expr::utils::split_conjunction;
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionConfig;
@@ -24,8 +27,9 @@ use sluice_consumer::schema::to_record_batch;
 use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 use sluice_query_handler::engine::{self, Limits};
-use sluice_query_handler::replica::{ReplicaView, Snapshot};
-use sluice_query_handler::{codes, counts, kernels, nulls, pushdown, regroup};
+use sluice_query_handler::replica::ReplicaView;
+use sluice_query_handler::rules::{self, RuleContext};
+use sluice_query_handler::snapshot::Snapshot;
 
 fn on_day(day: u32, id: usize) -> Notification {
     Notification::from_json(
@@ -171,16 +175,69 @@ fn strings_as_utf8(batch: RecordBatch) -> RecordBatch {
 }
 
 /// The plan of `sql` as DataFusion's optimizer leaves it, before the handler's own rewrites.
-async fn optimized(sql: &str, snapshot: &Snapshot) -> LogicalPlan {
+async fn optimized(sql: &str, snapshot: &Arc<Snapshot>) -> LogicalPlan {
     let ctx = engine::session(snapshot, &limits()).unwrap();
     let state = ctx.state();
     let plan = state.create_logical_plan(sql).await.unwrap();
     state.optimize(&plan).unwrap()
 }
 
+/// `plan` after the handler's logical rules called `names`, in that order, with
+/// `low_cardinality` as the columns with few values.
+fn after_rules(
+    plan: LogicalPlan,
+    snapshot: &Arc<Snapshot>,
+    low_cardinality: &[String],
+    names: &[&str],
+) -> LogicalPlan {
+    let context = RuleContext {
+        snapshot: Arc::clone(snapshot),
+        low_cardinality: low_cardinality.into(),
+        pool: Arc::new(UnboundedMemoryPool::default()),
+        fired: Arc::default(),
+    };
+    let rules = rules::logical(&context);
+    names.iter().fold(plan, |plan, name| {
+        let rule = rules
+            .iter()
+            .find(|rule| rule.name() == *name)
+            .unwrap_or_else(|| panic!("no logical rule is called {name}"));
+        rule.rewrite(plan, &OptimizerContext::new()).unwrap().data
+    })
+}
+
+/// The handler's physical rule called `name`.
+fn physical_rule(
+    name: &str,
+    snapshot: &Arc<Snapshot>,
+) -> Arc<dyn datafusion::physical_optimizer::PhysicalOptimizerRule + Send + Sync> {
+    let context = RuleContext {
+        snapshot: Arc::clone(snapshot),
+        low_cardinality: Arc::from([]),
+        pool: Arc::new(UnboundedMemoryPool::default()),
+        fired: Arc::default(),
+    };
+    rules::physical(&context)
+        .into_iter()
+        .find(|rule| rule.name() == name)
+        .unwrap_or_else(|| panic!("no physical rule is called {name}"))
+}
+
+/// `limits` with the handler's rules called `names` off.
+fn without_rules(mut limits: Limits, names: &[&str]) -> Limits {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    rules::turn_off(limits.session.options_mut(), &names).unwrap();
+    limits
+}
+
 /// Whether the optimized plan of `sql` still scans the table once counts are taken from the log.
-async fn scans(sql: &str, snapshot: &Snapshot) -> bool {
-    let plan = counts::answer_from_log(optimized(sql, snapshot).await, snapshot).unwrap();
+async fn scans(sql: &str, snapshot: &Arc<Snapshot>) -> bool {
+    let plan = after_rules(
+        optimized(sql, snapshot).await,
+        snapshot,
+        &[],
+        &["counts_from_log"],
+    );
     plan.exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_))))
         .unwrap()
 }
@@ -317,8 +374,13 @@ fn varied(i: usize) -> Notification {
 
 /// How many aggregates the optimized plan of `sql` has once low-cardinality columns are
 /// grouped first.
-async fn aggregates(sql: &str, snapshot: &Snapshot, low_cardinality: &[String]) -> usize {
-    let plan = regroup::regroup(optimized(sql, snapshot).await, low_cardinality).unwrap();
+async fn aggregates(sql: &str, snapshot: &Arc<Snapshot>, low_cardinality: &[String]) -> usize {
+    let plan = after_rules(
+        optimized(sql, snapshot).await,
+        snapshot,
+        low_cardinality,
+        &["regroup"],
+    );
     let mut count = 0;
     plan.apply(|node| {
         count += usize::from(matches!(node, LogicalPlan::Aggregate(_)));
@@ -483,7 +545,12 @@ async fn map_lookups_and_patterns_run_on_the_faster_kernels_with_datafusions_ans
         "SELECT id, attributes LIKE '%android%' AS android, metrics['shares'] AS shares \
          FROM notifications WHERE metrics['likes'] IS NULL ORDER BY id",
     ] {
-        let plan = kernels::use_faster_kernels(optimized(sql, &snapshot).await).unwrap();
+        let plan = after_rules(
+            optimized(sql, &snapshot).await,
+            &snapshot,
+            &[],
+            &["map_lookup", "like_once_per_value", "utc_date_trunc"],
+        );
         // Scans keep their pushed-down filters as DataFusion planned them.
         let calls = |wanted: &dyn Fn(&ScalarFunction) -> bool| {
             let in_node = |node: &LogicalPlan| {
@@ -542,7 +609,12 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
                WHERE type = 'post.liked' AND post_id IS NOT NULL \
                  AND occurred_at BETWEEN TIMESTAMP '2026-11-20 10:05:00' AND TIMESTAMP '2026-11-21 10:40:00' \
                GROUP BY platform ORDER BY platform";
-    let ctx = engine::session(&snapshot, &limits()).unwrap();
+    // The rule off; and null_counts too, which would drop `post_id IS NOT NULL` altogether.
+    let ctx = engine::session(
+        &snapshot,
+        &without_rules(limits(), &["scan_conditions_once", "null_counts"]),
+    )
+    .unwrap();
     let planned = ctx
         .sql(sql)
         .await
@@ -550,7 +622,9 @@ async fn a_scan_checks_each_condition_of_a_filter_once_with_the_same_answer() {
         .create_physical_plan()
         .await
         .unwrap();
-    let rewritten = pushdown::without_repeated_conditions(planned.clone()).unwrap();
+    let rewritten = physical_rule("scan_conditions_once", &snapshot)
+        .optimize(planned.clone(), &ConfigOptions::default())
+        .unwrap();
 
     // The Delta scan and DataFusion's filter pushdown both hand the scan the WHERE clause.
     let repeated = scan_conditions(&planned);
@@ -662,7 +736,7 @@ async fn counts_of_columns_the_log_says_have_no_nulls_count_rows_with_the_same_a
         ),
     ] {
         let plan = optimized(sql, &snapshot).await;
-        let rewritten = nulls::use_null_counts(plan.clone(), &snapshot).unwrap();
+        let rewritten = after_rules(plan.clone(), &snapshot, &[], &["null_counts"]);
         if let Some(column) = unread {
             assert!(scanned_columns(&plan).contains(column), "{sql}");
             assert!(
@@ -690,8 +764,12 @@ async fn counts_of_columns_the_log_says_have_no_nulls_count_rows_with_the_same_a
 
     // Counted per day, the count of a column without nulls now comes from the log alone.
     let sql = "SELECT day, count(post_id) AS posts FROM notifications GROUP BY day ORDER BY day";
-    let plan = nulls::use_null_counts(optimized(sql, &snapshot).await, &snapshot).unwrap();
-    let plan = counts::answer_from_log(plan, &snapshot).unwrap();
+    let plan = after_rules(
+        optimized(sql, &snapshot).await,
+        &snapshot,
+        &[],
+        &["null_counts", "counts_from_log"],
+    );
     assert!(
         !plan
             .exists(|node| Ok(matches!(node, LogicalPlan::TableScan(_))))
@@ -833,8 +911,12 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
             false,
         ),
     ] {
-        let plan = regroup::regroup(optimized(sql, &snapshot).await, low_cardinality).unwrap();
-        let plan = codes::group_by_codes(plan, low_cardinality, &snapshot).unwrap();
+        let plan = after_rules(
+            optimized(sql, &snapshot).await,
+            &snapshot,
+            low_cardinality,
+            &["regroup", "number_groups"],
+        );
         assert_eq!(calls(&plan, "code"), numbered, "{sql}: {plan}");
         // The numbered group is turned back into its strings.
         assert_eq!(calls(&plan, "string_of"), numbered, "{sql}: {plan}");
@@ -872,9 +954,7 @@ async fn low_cardinality_groups_are_numbered_with_datafusions_answers() {
 async fn physical_plan(sql: &str, snapshot: &Arc<Snapshot>, limits: &Limits) -> String {
     let ctx = engine::session(snapshot, limits).unwrap();
     let parsed = engine::parse(sql).unwrap();
-    let (plan, _) = engine::plan(&ctx, parsed.statement, snapshot, limits)
-        .await
-        .unwrap();
+    let (plan, _) = engine::plan(&ctx, parsed.statement).await.unwrap();
     displayable(plan.as_ref()).indent(true).to_string()
 }
 
@@ -938,7 +1018,7 @@ async fn not_null_conditions_the_log_proves_are_dropped_with_the_same_answers() 
         ),
     ] {
         let plan = optimized(sql, &snapshot).await;
-        let rewritten = nulls::use_null_counts(plan.clone(), &snapshot).unwrap();
+        let rewritten = after_rules(plan.clone(), &snapshot, &[], &["null_counts"]);
         if let Some(column) = dropped {
             assert!(checks_not_null(&plan, column), "{sql}: {plan}");
             assert!(!checks_not_null(&rewritten, column), "{sql}: {rewritten}");
@@ -980,8 +1060,11 @@ async fn the_handlers_scan_reads_low_cardinality_columns_as_dictionary_keys_with
     }
 
     // The reader hands each batch the Parquet dictionary of its column chunk: `varied` has four
-    // types and three languages, and the keys point into them.
-    let ctx = engine::session(&snapshot, &limits()).unwrap();
+    // types and three languages, and the keys point into them. (A plain session: the handler's
+    // own turns the answer's dictionaries into views.)
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table(engine::TABLE, snapshot.provider.clone())
+        .unwrap();
     let batches = ctx
         .sql("SELECT type, lang FROM notifications")
         .await
@@ -1144,6 +1227,24 @@ async fn percentiles_of_the_same_values_share_one_digest_with_datafusions_answer
             ),
             true,
         ),
+        // Under ROLLUP, whose aggregate has a grouping id among its group columns.
+        (
+            format!(
+                "SELECT platform, approx_percentile_cont({likes}, 0.5) AS p50, \
+                        approx_percentile_cont({likes}, 0.9) AS p90, count(*) AS n \
+                 FROM notifications GROUP BY ROLLUP (platform) ORDER BY platform NULLS FIRST"
+            ),
+            true,
+        ),
+        (
+            format!(
+                "SELECT platform, lang, approx_percentile_cont({likes}, 0.5) AS p50, \
+                        approx_percentile_cont({likes}, 0.9) AS p90 \
+                 FROM notifications GROUP BY CUBE (platform, lang) \
+                 ORDER BY platform NULLS FIRST, lang NULLS FIRST"
+            ),
+            true,
+        ),
         // A FILTER, and one percentile alone: DataFusion's own.
         (
             format!(
@@ -1264,4 +1365,262 @@ async fn hours_and_days_truncated_by_arithmetic_with_datafusions_answers() {
         let rows = answered_as_datafusion(sql, &snapshot, with_low_cardinality()).await;
         assert!(rows > 1, "{sql}");
     }
+}
+
+#[tokio::test]
+async fn queries_that_once_failed_get_datafusions_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), varied).await;
+    let snapshot = view.current().unwrap();
+    for sql in [
+        // A day filter that no file passes: the scan had no partition at all, and the plan
+        // above it could not be built ("does not satisfy distribution requirements").
+        "SELECT id FROM notifications WHERE day = DATE '2030-01-01' ORDER BY id LIMIT 3",
+        "SELECT platform, count(*) AS n FROM notifications WHERE day = DATE '2030-01-01' \
+         GROUP BY platform ORDER BY platform",
+        "SELECT day, count(*) AS n FROM notifications WHERE day = DATE '2030-01-01' GROUP BY day",
+        "SELECT count('x') AS n, max(text) AS t FROM notifications WHERE day = DATE '2030-01-01'",
+        "SELECT count(*) AS n FROM notifications WHERE day > DATE '2030-01-01' AND type = 'x'",
+        // LIKE over a batch whose values are all null: the kernel indexed an empty list.
+        "SELECT text LIKE '%a%' AS m FROM notifications WHERE text IS NULL LIMIT 1",
+        "SELECT count(*) FILTER (WHERE text LIKE '%a%') AS n, count(*) AS all_rows \
+         FROM notifications WHERE text IS NULL AND type = 'post.liked'",
+        "SELECT count(*) FILTER (WHERE starts_with(text, 't')) AS n FROM notifications \
+         WHERE text IS NULL",
+        "SELECT platform, count(*) FILTER (WHERE text NOT ILIKE '%T%') AS n FROM notifications \
+         WHERE text IS NULL GROUP BY platform ORDER BY platform",
+        // A regrouped sum of decimals: the sum of sums had a wider type than the sum.
+        "SELECT platform, sum(CAST(metrics['likes'] AS DECIMAL(12, 2))) AS likes, \
+                sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked \
+         FROM notifications GROUP BY platform ORDER BY platform",
+    ] {
+        for limits in [limits(), with_low_cardinality()] {
+            let expected = datafusions_answer(sql, &snapshot).await;
+            assert_eq!(
+                answer_with(sql, &snapshot, limits).await,
+                expected.columns(),
+                "{sql}"
+            );
+        }
+    }
+    // The decimal sum above is regrouped (two aggregates), with the type of the original.
+    let sql = "SELECT platform, sum(CAST(metrics['likes'] AS DECIMAL(12, 2))) AS likes, \
+                      sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked \
+               FROM notifications GROUP BY platform";
+    assert_eq!(aggregates(sql, &snapshot, &dictionary_columns()).await, 2);
+
+    // A map look-up on the side of an outer join that the optimizer finds empty only in its
+    // second pass: DataFusion 55 loses the look-up's column (`No field named
+    // b.__datafusion_extracted_1`), so the handler plans it again without moving look-ups.
+    let sql = "SELECT sum(b.metrics['likes']) AS likes, count(*) AS n FROM notifications a \
+               LEFT JOIN notifications b ON a.post_id = b.post_id AND b.id = 'x' AND b.id = 'y'";
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_table(engine::TABLE, snapshot.provider.clone())
+        .unwrap();
+    let upstream = ctx.sql(sql).await.unwrap().collect().await;
+    assert!(
+        upstream
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("__datafusion_extracted")),
+        "DataFusion plans it now: drop the second planning in engine::plan ({upstream:?})"
+    );
+    let got = answer_with(sql, &snapshot, with_low_cardinality()).await;
+    // Nothing of b joins: no likes, every row of a once.
+    assert!(got[0].len() == 1 && got[0].is_null(0), "{got:?}");
+    assert_eq!(
+        got[1].as_ref(),
+        &arrow::array::Int64Array::from(vec![100]) as &dyn arrow::array::Array
+    );
+}
+
+/// `varied`'s notifications with tags and client attributes too, so that every rule has
+/// something to rewrite.
+fn every_shape(i: usize) -> Notification {
+    let mut notification = varied(i);
+    notification.tags = (0..i % 3).map(|t| format!("tag{}", (i + t) % 5)).collect();
+    notification.attributes =
+        (!i.is_multiple_of(4)).then(|| format!(r#"{{"client":"{}"}}"#, ["web", "ios"][i % 2]));
+    notification
+}
+
+/// The handler's rules that rewrite `sql` under `limits`, in the order they do.
+async fn fired(sql: &str, snapshot: &Arc<Snapshot>, limits: &Limits) -> Vec<String> {
+    let ctx = engine::session(snapshot, limits).unwrap();
+    engine::plan(&ctx, engine::parse(sql).unwrap().statement)
+        .await
+        .unwrap();
+    engine::fired_rules(&ctx)
+}
+
+#[tokio::test]
+async fn every_rule_turns_off_on_its_own_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = table_of(dir.path(), every_shape).await;
+    let snapshot = view.current().unwrap();
+    let all_on = with_low_cardinality();
+    let names = sluice_query_handler::rules::RuleSwitches::names();
+    let all_off = without_rules(
+        all_on.clone(),
+        &names.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    // Each rule, and a query it rewrites.
+    let cases = [
+        (
+            "dictionary_scan",
+            "SELECT type, lang, count(*) AS n FROM notifications GROUP BY type, lang ORDER BY type, lang",
+        ),
+        (
+            "null_counts",
+            "SELECT type, count(post_id) AS posts FROM notifications GROUP BY type ORDER BY type",
+        ),
+        (
+            "counts_from_log",
+            "SELECT day, count(*) AS n FROM notifications GROUP BY day ORDER BY day",
+        ),
+        (
+            "regroup",
+            "SELECT platform, sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked, \
+                    max(occurred_at) AS last_at \
+             FROM notifications GROUP BY platform ORDER BY platform",
+        ),
+        (
+            "number_groups",
+            "SELECT type, count(*) AS n, count(DISTINCT platform) AS platforms \
+             FROM notifications GROUP BY type ORDER BY type",
+        ),
+        (
+            "group_as_views",
+            "SELECT type, day, count(*) AS n FROM notifications GROUP BY type, day ORDER BY type, day",
+        ),
+        (
+            "map_lookup",
+            "SELECT platform, sum(metrics['likes']) AS likes FROM notifications \
+             GROUP BY platform ORDER BY platform",
+        ),
+        (
+            "like_once_per_value",
+            "SELECT platform, count(*) FILTER (WHERE attributes LIKE '%web%') AS web \
+             FROM notifications GROUP BY platform ORDER BY platform",
+        ),
+        (
+            "utc_date_trunc",
+            "SELECT date_trunc('hour', occurred_at) AS hour, count(*) AS n FROM notifications \
+             GROUP BY date_trunc('hour', occurred_at) ORDER BY hour",
+        ),
+        (
+            "shared_digest",
+            "SELECT platform, approx_percentile_cont(CAST(metrics['likes'] AS DOUBLE), 0.5) AS p50, \
+                    approx_percentile_cont(CAST(metrics['likes'] AS DOUBLE), 0.9) AS p90 \
+             FROM notifications GROUP BY platform ORDER BY platform",
+        ),
+        (
+            "scan_conditions_once",
+            "SELECT platform, count(*) AS n FROM notifications \
+             WHERE type = 'post.liked' AND lang = 'en' GROUP BY platform ORDER BY platform",
+        ),
+        (
+            "dense_aggregate",
+            "SELECT type, count(*) AS n FROM notifications GROUP BY type ORDER BY type",
+        ),
+        (
+            "unnest_by_slices",
+            "SELECT tag, count(*) AS n FROM (SELECT unnest(tags) AS tag FROM notifications) AS t \
+             GROUP BY tag ORDER BY tag",
+        ),
+    ];
+    // Every switch has its case, and every registered rule is a switch.
+    let cased: BTreeSet<&str> = cases.iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        cased,
+        names.iter().map(String::as_str).collect::<BTreeSet<_>>()
+    );
+    let context = RuleContext {
+        snapshot: snapshot.clone(),
+        low_cardinality: all_on.low_cardinality.clone(),
+        pool: Arc::new(UnboundedMemoryPool::default()),
+        fired: Arc::default(),
+    };
+    let registered: Vec<String> = rules::logical(&context)
+        .iter()
+        .map(|rule| rule.name().to_string())
+        .chain(
+            rules::physical(&context)
+                .iter()
+                .map(|rule| rule.name().to_string()),
+        )
+        .filter(|name| name != "without_dictionaries")
+        .collect();
+    for name in registered {
+        assert!(names.contains(&name), "{name} has no switch");
+    }
+
+    for (name, sql) in cases {
+        let one_off = without_rules(all_on.clone(), &[name]);
+        if name == "dictionary_scan" {
+            // The switch picks the table provider the session reads.
+            for (limits, provider) in [(&all_on, &snapshot.provider), (&one_off, &snapshot.delta)] {
+                let ctx = engine::session(&snapshot, limits).unwrap();
+                let table = ctx.table_provider(engine::TABLE).await.unwrap();
+                assert!(Arc::ptr_eq(&table, provider));
+            }
+        } else {
+            let on = fired(sql, &snapshot, &all_on).await;
+            assert!(
+                on.contains(&name.to_string()),
+                "{name} not in {on:?}: {sql}"
+            );
+            let off = fired(sql, &snapshot, &one_off).await;
+            assert!(!off.contains(&name.to_string()), "{name} in {off:?}: {sql}");
+        }
+        assert!(fired(sql, &snapshot, &all_off).await.is_empty(), "{sql}");
+        let expected = datafusions_answer(sql, &snapshot).await;
+        assert!(expected.num_rows() > 0, "{sql}");
+        // Approximate percentiles merge partitions' digests in the order they finish.
+        let one_partition = |limits: Limits| Limits {
+            session: limits.session.with_target_partitions(1),
+            ..limits
+        };
+        let (on, off, none) = if name == "shared_digest" {
+            (
+                one_partition(all_on.clone()),
+                one_partition(one_off),
+                one_partition(all_off.clone()),
+            )
+        } else {
+            (all_on.clone(), one_off, all_off.clone())
+        };
+        let expected = if name == "shared_digest" {
+            datafusions_answer_on(
+                SessionConfig::new().with_target_partitions(1),
+                snapshot.provider.clone(),
+                sql,
+            )
+            .await
+        } else {
+            expected
+        };
+        for (limits, which) in [(on, "all on"), (off, "this one off"), (none, "all off")] {
+            assert_eq!(
+                answer_with(sql, &snapshot, limits).await,
+                expected.columns(),
+                "{sql} with {which}"
+            );
+        }
+    }
+
+    // An operator's flag names the rules; a name that is none is refused at start.
+    let config = sluice_query_handler::Config {
+        query_rules_off: vec!["regroup".into(), " unnest_by_slices".into()],
+        ..sluice_query_handler::Config::for_tests()
+    };
+    config.check().unwrap();
+    let config = sluice_query_handler::Config {
+        query_rules_off: vec!["regroop".into()],
+        ..sluice_query_handler::Config::for_tests()
+    };
+    let error = config.check().unwrap_err().to_string();
+    assert!(
+        error.contains("regroop") && error.contains("regroup"),
+        "{error}"
+    );
 }

@@ -39,98 +39,109 @@ use datafusion::logical_expr::{
 };
 use datafusion_functions_aggregate_common::tdigest::{DEFAULT_MAX_SIZE, TDigest};
 
-use crate::error::QueryError;
+use crate::rules::Rewrite;
+
+/// The rule, switched by `sluice.shared_digest`.
+#[derive(Debug)]
+pub struct SharedDigest;
+
+impl Rewrite for SharedDigest {
+    fn name(&self) -> &'static str {
+        "shared_digest"
+    }
+
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        share_digests(plan)
+    }
+}
 
 /// Replaces, in every aggregate of `plan`, the percentiles of the same values by one digest
 /// (see the module's comment).
-pub fn share_digests(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
-    Ok(plan
-        .transform_up(|node| {
-            let LogicalPlan::Aggregate(aggregate) = &node else {
-                return Ok(Transformed::no(node));
-            };
-            // The values of each digest, and for each aggregate its digest and place in it.
-            let input = aggregate.input.schema();
-            let mut values: Vec<Expr> = Vec::new();
-            let mut percentiles: Vec<Vec<f64>> = Vec::new();
-            let mut place = Vec::with_capacity(aggregate.aggr_expr.len());
-            for expr in &aggregate.aggr_expr {
-                place.push(match percentile_of(expr, input)? {
-                    Some((of, percentile)) => {
-                        let digest = match values.iter().position(|v| *v == of) {
-                            Some(digest) => digest,
-                            None => {
-                                values.push(of);
-                                percentiles.push(Vec::new());
-                                values.len() - 1
-                            }
-                        };
-                        percentiles[digest].push(percentile);
-                        Some((digest, percentiles[digest].len() - 1))
-                    }
-                    None => None,
-                });
-            }
-            let shared = |digest: usize| percentiles[digest].len() > 1;
-            if !(0..values.len()).any(shared) {
-                return Ok(Transformed::no(node));
-            }
+fn share_digests(plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+    plan.transform_up(|node| {
+        let LogicalPlan::Aggregate(aggregate) = &node else {
+            return Ok(Transformed::no(node));
+        };
+        // The values of each digest, and for each aggregate its digest and place in it.
+        let input = aggregate.input.schema();
+        let mut values: Vec<Expr> = Vec::new();
+        let mut percentiles: Vec<Vec<f64>> = Vec::new();
+        let mut place = Vec::with_capacity(aggregate.aggr_expr.len());
+        for expr in &aggregate.aggr_expr {
+            place.push(match percentile_of(expr, input)? {
+                Some((of, percentile)) => {
+                    let digest = match values.iter().position(|v| *v == of) {
+                        Some(digest) => digest,
+                        None => {
+                            values.push(of);
+                            percentiles.push(Vec::new());
+                            values.len() - 1
+                        }
+                    };
+                    percentiles[digest].push(percentile);
+                    Some((digest, percentiles[digest].len() - 1))
+                }
+                None => None,
+            });
+        }
+        let shared = |digest: usize| percentiles[digest].len() > 1;
+        if !(0..values.len()).any(shared) {
+            return Ok(Transformed::no(node));
+        }
 
-            // The new aggregates: the others as they were, then one per shared digest.
-            let mut aggregates = Vec::new();
-            let mut column_of = Vec::with_capacity(place.len());
-            for (expr, place) in aggregate.aggr_expr.iter().zip(&place) {
-                match place {
-                    Some((digest, _)) if shared(*digest) => column_of.push(None),
-                    _ => {
-                        column_of.push(Some(aggregate.group_expr.len() + aggregates.len()));
-                        aggregates.push(expr.clone());
-                    }
+        // The new aggregates: the others as they were, then one per shared digest. The
+        // output's group columns include the grouping id of grouping sets.
+        let groups = aggregate.group_expr_len()?;
+        let mut aggregates = Vec::new();
+        let mut column_of = Vec::with_capacity(place.len());
+        for (expr, place) in aggregate.aggr_expr.iter().zip(&place) {
+            match place {
+                Some((digest, _)) if shared(*digest) => column_of.push(None),
+                _ => {
+                    column_of.push(Some(groups + aggregates.len()));
+                    aggregates.push(expr.clone());
                 }
             }
-            let mut digest_column = vec![0; values.len()];
-            for digest in (0..values.len()).filter(|&d| shared(d)) {
-                digest_column[digest] = aggregate.group_expr.len() + aggregates.len();
-                let udaf = AggregateUDF::new_from_impl(ApproxPercentiles::new(
-                    percentiles[digest].clone(),
-                ));
-                aggregates.push(
-                    udaf.call(vec![values[digest].clone()])
-                        .alias(format!("__sluice_digest_{digest}")),
-                );
-            }
-            let digested = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
-                .aggregate(aggregate.group_expr.clone(), aggregates)?
-                .build()?;
+        }
+        let mut digest_column = vec![0; values.len()];
+        for digest in (0..values.len()).filter(|&d| shared(d)) {
+            digest_column[digest] = groups + aggregates.len();
+            let udaf =
+                AggregateUDF::new_from_impl(ApproxPercentiles::new(percentiles[digest].clone()));
+            aggregates.push(
+                udaf.call(vec![values[digest].clone()])
+                    .alias(format!("__sluice_digest_{digest}")),
+            );
+        }
+        let digested = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+            .aggregate(aggregate.group_expr.clone(), aggregates)?
+            .build()?;
 
-            // Each column of the original aggregate, under its name.
-            let original: &DFSchema = &aggregate.schema;
-            let column =
-                |i: usize| Expr::Column(Column::from(digested.schema().qualified_field(i)));
-            let groups = aggregate.group_expr.len();
-            let columns: Vec<Expr> = (0..original.fields().len())
-                .map(|i| {
-                    let (qualifier, field) = original.qualified_field(i);
-                    let value = match i.checked_sub(groups) {
-                        None => column(i),
-                        Some(a) => match (column_of[a], place[a]) {
-                            (Some(at), _) => column(at),
-                            (None, Some((digest, q))) => {
-                                get_field(column(digest_column[digest]), format!("q{q}"))
-                            }
-                            (None, None) => unreachable!("only percentiles are left out"),
-                        },
-                    };
-                    value.alias_qualified(qualifier.cloned(), field.name())
-                })
-                .collect();
-            Ok(Transformed::yes(
-                LogicalPlanBuilder::from(digested)
-                    .project(columns)?
-                    .build()?,
-            ))
-        })?
-        .data)
+        // Each column of the original aggregate, under its name.
+        let original: &DFSchema = &aggregate.schema;
+        let column = |i: usize| Expr::Column(Column::from(digested.schema().qualified_field(i)));
+        let columns: Vec<Expr> = (0..original.fields().len())
+            .map(|i| {
+                let (qualifier, field) = original.qualified_field(i);
+                let value = match i.checked_sub(groups) {
+                    None => column(i),
+                    Some(a) => match (column_of[a], place[a]) {
+                        (Some(at), _) => column(at),
+                        (None, Some((digest, q))) => {
+                            get_field(column(digest_column[digest]), format!("q{q}"))
+                        }
+                        (None, None) => unreachable!("only percentiles are left out"),
+                    },
+                };
+                value.alias_qualified(qualifier.cloned(), field.name())
+            })
+            .collect();
+        Ok(Transformed::yes(
+            LogicalPlanBuilder::from(digested)
+                .project(columns)?
+                .build()?,
+        ))
+    })
 }
 
 /// The values and percentile of `expr` when it is a call of `approx_percentile_cont` that can

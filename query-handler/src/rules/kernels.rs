@@ -1,5 +1,6 @@
 //! Faster kernels for three per-row operations that DataFusion 55 evaluates slowly on the
-//! replica's columns, swapped into the optimized plan under the same names and types:
+//! replica's columns, swapped into the optimized plan under the same names and types, each by
+//! a rule with its own switch:
 //!
 //! - [`maps`]: `metrics['likes']`, one key looked up in a map column;
 //! - [`like`]: `attributes LIKE '%…%'` on a column that holds few distinct strings, evaluated
@@ -16,6 +17,7 @@ mod trunc;
 
 use std::sync::Arc;
 
+use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::functions::core::getfield::GetFieldFunc;
 use datafusion::functions::datetime::date_trunc::DateTruncFunc;
@@ -23,48 +25,96 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{Expr, LogicalPlan, ScalarUDF};
 
-use crate::error::QueryError;
+use crate::rules::Rewrite;
 
-/// Swaps the faster kernels into every expression of `plan` outside its table scans.
-pub fn use_faster_kernels(plan: LogicalPlan) -> Result<LogicalPlan, QueryError> {
-    let lookup = Arc::new(ScalarUDF::new_from_impl(maps::MapLookup::default()));
-    let date_trunc = Arc::new(ScalarUDF::new_from_impl(trunc::UtcDateTrunc::default()));
-    Ok(plan
-        .transform_up_with_subqueries(|node| {
-            if matches!(node, LogicalPlan::TableScan(_)) {
-                return Ok(Transformed::no(node));
+/// `metrics['likes']` by [`maps::MapLookup`], switched by `sluice.map_lookup`.
+#[derive(Debug)]
+pub struct MapLookupKernel;
+
+impl Rewrite for MapLookupKernel {
+    fn name(&self) -> &'static str {
+        "map_lookup"
+    }
+
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        let lookup = Arc::new(ScalarUDF::new_from_impl(maps::MapLookup::default()));
+        swap_outside_scans(plan, |expr| match expr {
+            Expr::ScalarFunction(call) if call.func.inner().is::<GetFieldFunc>() => {
+                Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::clone(&lookup),
+                    call.args,
+                )))
             }
-            // An aggregate's or projection's columns are named by their expressions: the
-            // swapped ones keep their names, so the nodes above still find them.
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|expr| {
-                let name = names.save(&expr);
-                let swapped = expr.transform_up(|expr| match expr {
-                    Expr::ScalarFunction(call) if call.func.inner().is::<DateTruncFunc>() => {
-                        Ok(Transformed::yes(Expr::ScalarFunction(
-                            ScalarFunction::new_udf(date_trunc.clone(), call.args),
-                        )))
-                    }
-                    Expr::ScalarFunction(call) if call.func.inner().is::<GetFieldFunc>() => {
-                        Ok(Transformed::yes(Expr::ScalarFunction(
-                            ScalarFunction::new_udf(lookup.clone(), call.args),
-                        )))
-                    }
-                    Expr::Like(like) => Ok(match like::OncePerValue::replacing(&like) {
-                        Some(udf) => {
-                            Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
-                                Arc::new(ScalarUDF::new_from_impl(udf)),
-                                vec![*like.expr, *like.pattern],
-                            )))
-                        }
-                        None => Transformed::no(Expr::Like(like)),
-                    }),
-                    other => Ok(Transformed::no(other)),
-                })?;
-                Ok(swapped.update_data(|expr| name.restore(expr)))
-            })
-        })?
-        .data)
+            other => Transformed::no(other),
+        })
+    }
+}
+
+/// `LIKE` by [`like::OncePerValue`], switched by `sluice.like_once_per_value`.
+#[derive(Debug)]
+pub struct LikeKernel;
+
+impl Rewrite for LikeKernel {
+    fn name(&self) -> &'static str {
+        "like_once_per_value"
+    }
+
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        swap_outside_scans(plan, |expr| match expr {
+            Expr::Like(like) => match like::OncePerValue::replacing(&like) {
+                Some(udf) => Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::new(ScalarUDF::new_from_impl(udf)),
+                    vec![*like.expr, *like.pattern],
+                ))),
+                None => Transformed::no(Expr::Like(like)),
+            },
+            other => Transformed::no(other),
+        })
+    }
+}
+
+/// `date_trunc` by [`trunc::UtcDateTrunc`], switched by `sluice.utc_date_trunc`.
+#[derive(Debug)]
+pub struct UtcDateTruncKernel;
+
+impl Rewrite for UtcDateTruncKernel {
+    fn name(&self) -> &'static str {
+        "utc_date_trunc"
+    }
+
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        let date_trunc = Arc::new(ScalarUDF::new_from_impl(trunc::UtcDateTrunc::default()));
+        swap_outside_scans(plan, |expr| match expr {
+            Expr::ScalarFunction(call) if call.func.inner().is::<DateTruncFunc>() => {
+                Transformed::yes(Expr::ScalarFunction(ScalarFunction::new_udf(
+                    Arc::clone(&date_trunc),
+                    call.args,
+                )))
+            }
+            other => Transformed::no(other),
+        })
+    }
+}
+
+/// Applies `swap` to every expression of `plan` and its subqueries outside table scans: a
+/// scan's filters keep DataFusion's functions, since pruning reads them.
+fn swap_outside_scans(
+    plan: LogicalPlan,
+    swap: impl Fn(Expr) -> Transformed<Expr>,
+) -> Result<Transformed<LogicalPlan>> {
+    plan.transform_up_with_subqueries(|node| {
+        if matches!(node, LogicalPlan::TableScan(_)) {
+            return Ok(Transformed::no(node));
+        }
+        // An aggregate's or projection's columns are named by their expressions: the swapped
+        // ones keep their names, so the nodes above still find them.
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|expr| {
+            let name = names.save(&expr);
+            let swapped = expr.transform_up(|expr| Ok(swap(expr)))?;
+            Ok(swapped.update_data(|expr| name.restore(expr)))
+        })
+    })
 }
 
 /// The distinct string views of one batch, each with a number: open addressing, at most half

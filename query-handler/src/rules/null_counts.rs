@@ -19,7 +19,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, ScalarValue};
+use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::config::ConfigOptions;
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction_owned};
@@ -27,56 +27,42 @@ use datafusion::logical_expr::{Aggregate, Expr, Filter, LogicalPlan};
 use datafusion::optimizer::optimize_projections::OptimizeProjections;
 use datafusion::optimizer::{OptimizerContext, OptimizerRule};
 use datafusion::prelude::lit;
-use deltalake::DeltaTable;
 
-use crate::error::QueryError;
-use crate::replica::Snapshot;
+use crate::rules::Rewrite;
+use crate::snapshot::Snapshot;
 
-/// The columns that no live file of `table`'s current version holds a null in, by the log's
-/// statistics. A file without statistics for a column rules that column out.
-pub fn columns_without_nulls(table: &DeltaTable) -> BTreeSet<String> {
-    let Ok(state) = table.snapshot() else {
-        return BTreeSet::new();
-    };
-    let mut without: Option<BTreeSet<String>> = None;
-    for file in state.log_data().iter() {
-        let in_file: BTreeSet<String> = file
-            .stats()
-            .and_then(|stats| serde_json::from_str::<serde_json::Value>(&stats).ok())
-            .and_then(|stats| {
-                let counts = stats.get("nullCount")?.as_object()?;
-                Some(
-                    counts
-                        .iter()
-                        .filter(|(_, nulls)| nulls.as_u64() == Some(0))
-                        .map(|(column, _)| column.clone())
-                        .collect(),
-                )
-            })
-            .unwrap_or_default();
-        let columns = match without.take() {
-            None => in_file,
-            Some(so_far) => so_far.intersection(&in_file).cloned().collect(),
-        };
-        if columns.is_empty() {
-            return columns;
-        }
-        without = Some(columns);
+/// The rule, switched by `sluice.null_counts`.
+#[derive(Debug)]
+pub struct NullCounts {
+    snapshot: Arc<Snapshot>,
+}
+
+impl NullCounts {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        NullCounts { snapshot }
     }
-    // No file at all: nothing to count, nothing to rewrite.
-    without.unwrap_or_default()
+}
+
+impl Rewrite for NullCounts {
+    fn name(&self) -> &'static str {
+        "null_counts"
+    }
+
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        use_null_counts(plan, &self.snapshot)
+    }
 }
 
 /// Rewrites `count(c)` to `count(*)` and drops `c IS NOT NULL` conditions wherever the log
 /// says `c` has no null, then drops the columns no longer read from the scans. `plan` must be
 /// optimized.
-pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<LogicalPlan, QueryError> {
+fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Transformed<LogicalPlan>> {
     if snapshot.without_nulls.is_empty() {
-        return Ok(plan);
+        return Ok(Transformed::no(plan));
     }
     let without_nulls = &snapshot.without_nulls;
     let rewritten = plan.transform_up(|node| match node {
-        LogicalPlan::Aggregate(aggregate) if reads_table_directly(&aggregate.input, snapshot) => {
+        LogicalPlan::Aggregate(aggregate) if snapshot.is_read_directly_by(&aggregate.input) => {
             let Aggregate {
                 input,
                 group_expr,
@@ -104,7 +90,7 @@ pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
             )?);
             Ok(Transformed::new_transformed(node, changed))
         }
-        LogicalPlan::Filter(filter) if reads_table_directly(&filter.input, snapshot) => {
+        LogicalPlan::Filter(filter) if snapshot.is_read_directly_by(&filter.input) => {
             let conditions = split_conjunction_owned(filter.predicate.clone());
             let before = conditions.len();
             let kept: Vec<Expr> = conditions
@@ -132,14 +118,14 @@ pub fn use_null_counts(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
         other => Ok(Transformed::no(other)),
     })?;
     if !rewritten.transformed {
-        return Ok(rewritten.data);
+        return Ok(rewritten);
     }
     // The scan still reads the columns; the projection rule removes what nothing uses now.
     let pruned = OptimizeProjections::new().rewrite(
         rewritten.data,
         &OptimizerContext::new_with_config_options(Arc::new(ConfigOptions::default())),
     )?;
-    Ok(pruned.data)
+    Ok(Transformed::yes(pruned.data))
 }
 
 /// Whether `condition` is `c IS NOT NULL` of a column the log says has no null.
@@ -170,23 +156,4 @@ fn count_of_rows(expr: &Expr, without_nulls: &BTreeSet<String>) -> Option<Expr> 
         func: Arc::clone(func),
         params,
     }))
-}
-
-/// Whether every column `plan` outputs is the snapshot table's column of the same name with the
-/// same values: a scan of the table, under filters, aliases and projections that only pick
-/// columns.
-pub(crate) fn reads_table_directly(plan: &LogicalPlan, snapshot: &Snapshot) -> bool {
-    match plan {
-        LogicalPlan::TableScan(scan) => snapshot.is_read_by(scan),
-        LogicalPlan::Filter(filter) => reads_table_directly(&filter.input, snapshot),
-        LogicalPlan::Projection(projection) => {
-            projection
-                .expr
-                .iter()
-                .all(|expr| matches!(expr, Expr::Column(_)))
-                && reads_table_directly(&projection.input, snapshot)
-        }
-        LogicalPlan::SubqueryAlias(alias) => reads_table_directly(&alias.input, snapshot),
-        _ => false,
-    }
 }

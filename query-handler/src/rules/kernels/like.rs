@@ -76,6 +76,11 @@ impl OncePerValue {
         let Some((distinct, slots)) = distinct_views(values) else {
             return Ok(None);
         };
+        if distinct.is_empty() {
+            // Every row is null (or there is none): nothing to match, and the mask answers.
+            let unmatched = BooleanBuffer::new_unset(values.len());
+            return Ok(Some(BooleanArray::new(unmatched, values.nulls().cloned())));
+        }
         let firsts = UInt32Array::from(distinct);
         let distinct_values = take(values, &firsts, None)?;
         let answers = apply_cmp(
@@ -284,6 +289,26 @@ mod tests {
         let answer: Vec<_> = answer.iter().collect();
         let (t, f) = (Some(true), Some(false));
         assert_eq!(answer, [t, None, f, f, t, f, None, f, f, t]);
+    }
+
+    #[test]
+    fn a_batch_of_nulls_only_or_of_no_rows_answers_null_for_each_row() {
+        for rows in [vec![None, None, None], vec![]] {
+            let values = column(&rows);
+            for (negated, case_insensitive) in
+                [(false, false), (true, false), (false, true), (true, true)]
+            {
+                let udf = like(negated, case_insensitive);
+                let answer = run(&udf, &values, "%a%");
+                assert_eq!(answer, expected(&udf, &values, "%a%"));
+                assert_eq!(answer.len(), rows.len());
+                assert_eq!(answer.null_count(), rows.len());
+            }
+        }
+        // A slice whose rows are all null, of a batch that has values elsewhere.
+        let values = column(&[Some("a"), None, None, Some("b")]).slice(1, 2);
+        let udf = like(false, false);
+        assert_eq!(run(&udf, &values, "%a%"), expected(&udf, &values, "%a%"));
     }
 
     #[test]

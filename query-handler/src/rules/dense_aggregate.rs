@@ -43,13 +43,25 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::codes::{MAX_GROUPS, is_code};
-use crate::error::QueryError;
+use crate::rules::PhysicalRewrite;
+use crate::rules::number_groups::{MAX_GROUPS, is_code};
+
+/// The rule, switched by `sluice.dense_aggregate`.
+#[derive(Debug)]
+pub struct DenseAggregate;
+
+impl PhysicalRewrite for DenseAggregate {
+    fn name(&self) -> &'static str {
+        "dense_aggregate"
+    }
+
+    fn rewrite(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        aggregate_by_codes(plan)
+    }
+}
 
 /// Replaces every aggregate of `plan` that qualifies (see the module's comment).
-pub fn aggregate_by_codes(
-    plan: Arc<dyn ExecutionPlan>,
-) -> Result<Arc<dyn ExecutionPlan>, QueryError> {
+fn aggregate_by_codes(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan
         .transform_up(|node| {
             let Some(aggregate) = node.downcast_ref::<AggregateExec>() else {

@@ -21,58 +21,43 @@ use arrow::array::{AsArray, RecordBatch, StringArray};
 use arrow::compute::{CastOptions, cast_with_options};
 use arrow::datatypes::Schema;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{DFSchema, ScalarValue};
+use datafusion::common::{DFSchema, Result, ScalarValue};
 use datafusion::execution::context::ExecutionProps;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, TableScan};
 use datafusion::physical_expr::create_physical_expr;
 use datafusion::prelude::{col, lit};
-use deltalake::DeltaTable;
 
-use crate::error::QueryError;
-use crate::replica::Snapshot;
+use crate::rules::Rewrite;
+use crate::snapshot::{PartitionCounts, Snapshot};
 
-/// Rows per combination of partition values, from one version of the Delta log.
+/// The rule, switched by `sluice.counts_from_log`.
 #[derive(Debug)]
-pub struct PartitionCounts {
-    /// The table's partition columns, in the log's order.
-    pub columns: Vec<String>,
-    /// Rows per tuple of partition values (as the log writes them; `None` is a null value).
-    pub rows: BTreeMap<Vec<Option<String>>, u64>,
+pub struct CountsFromLog {
+    snapshot: Arc<Snapshot>,
 }
 
-impl PartitionCounts {
-    /// Reads the counts of `table`'s current version; None if a file lacks its row count or
-    /// has deleted rows, since then the log alone cannot give exact counts.
-    pub fn of(table: &DeltaTable) -> Option<Self> {
-        let state = table.snapshot().ok()?;
-        let columns = state.metadata().partition_columns().to_vec();
-        let mut rows = BTreeMap::new();
-        for file in state.log_data().iter() {
-            if file.deletion_vector_descriptor().is_some() {
-                return None;
-            }
-            let count = file.num_records()? as u64;
-            let values = file.partition_values_map();
-            let key = columns
-                .iter()
-                .map(|c| values.get(c).cloned().flatten())
-                .collect();
-            *rows.entry(key).or_insert(0) += count;
-        }
-        Some(PartitionCounts { columns, rows })
+impl CountsFromLog {
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+        CountsFromLog { snapshot }
     }
 }
 
-/// Replaces every aggregate of `plan` that the log can answer (see the module's comment) with
-/// the log's counts. `plan` must be optimized, so that projections and filters sit in the scan.
-pub fn answer_from_log(plan: LogicalPlan, snapshot: &Snapshot) -> Result<LogicalPlan, QueryError> {
-    let Some(counts) = snapshot.counts.as_deref() else {
-        return Ok(plan);
-    };
-    Ok(plan
-        .transform_up(|node| {
+impl Rewrite for CountsFromLog {
+    fn name(&self) -> &'static str {
+        "counts_from_log"
+    }
+
+    /// Replaces every aggregate that the log can answer (see the module's comment) with the
+    /// log's counts. The plan must be optimized, so that projections and filters sit in the
+    /// scan.
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        let snapshot = &self.snapshot;
+        let Some(counts) = snapshot.counts.as_deref() else {
+            return Ok(Transformed::no(plan));
+        };
+        plan.transform_up(|node| {
             let LogicalPlan::Aggregate(aggregate) = &node else {
                 return Ok(Transformed::no(node));
             };
@@ -80,15 +65,15 @@ pub fn answer_from_log(plan: LogicalPlan, snapshot: &Snapshot) -> Result<Logical
                 Some(values) => Ok(Transformed::yes(values)),
                 None => Ok(Transformed::no(node)),
             }
-        })?
-        .data)
+        })
+    }
 }
 
 fn from_log(
     aggregate: &Aggregate,
     snapshot: &Snapshot,
     counts: &PartitionCounts,
-) -> datafusion::common::Result<Option<LogicalPlan>> {
+) -> Result<Option<LogicalPlan>> {
     let LogicalPlan::TableScan(scan) = aggregate.input.as_ref() else {
         return Ok(None);
     };
@@ -134,7 +119,7 @@ fn from_log(
         let mut row = groups
             .iter()
             .map(|&i| ScalarValue::try_from_array(values.column(i), index).map(lit))
-            .collect::<datafusion::common::Result<Vec<_>>>()?;
+            .collect::<Result<Vec<_>>>()?;
         row.extend(aggregate.aggr_expr.iter().map(|_| lit(count as i64)));
         rows.push(row);
     }
@@ -163,7 +148,7 @@ fn scans_snapshot(scan: &TableScan, snapshot: &Snapshot) -> bool {
 fn partitions(
     scan: &TableScan,
     counts: &PartitionCounts,
-) -> datafusion::common::Result<Option<(RecordBatch, Vec<bool>)>> {
+) -> Result<Option<(RecordBatch, Vec<bool>)>> {
     let table = scan.source.schema();
     let mut fields = Vec::with_capacity(counts.columns.len());
     let mut arrays = Vec::with_capacity(counts.columns.len());

@@ -40,7 +40,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema};
+use datafusion::common::{Column, DFSchema, Result};
 use datafusion::functions_aggregate::count::count_udaf;
 use datafusion::functions_aggregate::sum::sum_udaf;
 use datafusion::logical_expr::expr::AggregateFunction;
@@ -49,25 +49,43 @@ use datafusion::logical_expr::{
 };
 use datafusion::prelude::{col, lit};
 
-use crate::error::QueryError;
+use crate::rules::Rewrite;
 
 /// The inner aggregate's row count.
 const ROWS: &str = "__sluice_rows";
 
-/// Rewrites every aggregate of the plan that qualifies (see the module's comment).
-pub fn regroup(plan: LogicalPlan, low_cardinality: &[String]) -> Result<LogicalPlan, QueryError> {
-    if low_cardinality.is_empty() {
-        return Ok(plan);
+/// The rule, switched by `sluice.regroup`.
+#[derive(Debug)]
+pub struct Regroup {
+    low_cardinality: Arc<[String]>,
+}
+
+impl Regroup {
+    pub fn new(low_cardinality: Arc<[String]>) -> Self {
+        Regroup { low_cardinality }
     }
-    Ok(plan
-        .transform_up(|node| match node {
-            LogicalPlan::Aggregate(aggregate) => match rewrite(&aggregate, low_cardinality)? {
-                Some(rewritten) => Ok(Transformed::yes(rewritten)),
-                None => Ok(Transformed::no(LogicalPlan::Aggregate(aggregate))),
-            },
+}
+
+impl Rewrite for Regroup {
+    fn name(&self) -> &'static str {
+        "regroup"
+    }
+
+    /// Rewrites every aggregate of the plan that qualifies (see the module's comment).
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        if self.low_cardinality.is_empty() {
+            return Ok(Transformed::no(plan));
+        }
+        plan.transform_up(|node| match node {
+            LogicalPlan::Aggregate(aggregate) => {
+                match rewrite(&aggregate, &self.low_cardinality)? {
+                    Some(rewritten) => Ok(Transformed::yes(rewritten)),
+                    None => Ok(Transformed::no(LogicalPlan::Aggregate(aggregate))),
+                }
+            }
             other => Ok(Transformed::no(other)),
-        })?
-        .data)
+        })
+    }
 }
 
 /// How one aggregate is computed after the rewrite.
@@ -80,16 +98,26 @@ struct Part {
     zero_if_null: bool,
 }
 
-fn rewrite(
-    aggregate: &Aggregate,
-    low_cardinality: &[String],
-) -> datafusion::common::Result<Option<LogicalPlan>> {
+fn rewrite(aggregate: &Aggregate, low_cardinality: &[String]) -> Result<Option<LogicalPlan>> {
     let input_schema = aggregate.input.schema();
     if aggregate
         .group_expr
         .iter()
         .any(|e| matches!(e, Expr::GroupingSet(_)) || !plain(e))
     {
+        return Ok(None);
+    }
+    // An aggregate this rule made already (it reads the inner one's columns) stays as it is.
+    let made_here = aggregate
+        .group_expr
+        .iter()
+        .chain(&aggregate.aggr_expr)
+        .any(|e| {
+            e.column_refs()
+                .iter()
+                .any(|c| c.name.starts_with("__sluice_"))
+        });
+    if made_here {
         return Ok(None);
     }
     let grouped: BTreeSet<&Column> = aggregate
@@ -243,21 +271,8 @@ fn rewrite(
     inner_groups.extend(added.iter().cloned().map(Expr::Column));
     let mut inner_aggregates = vec![aggregate_of(count_udaf(), lit(1_i64), None).alias(ROWS)];
     inner_aggregates.extend(parts.iter().filter_map(|p| p.inner.clone()));
-    let original: &DFSchema = &aggregate.schema;
     let group_count = outer_groups.len();
-    let names = (0..original.fields().len())
-        .map(|i| {
-            let (qualifier, field) = original.qualified_field(i);
-            let value = col(format!("__sluice_out_{i}"));
-            // `coalesce` is only planned after the simplifier turned it into this CASE.
-            let value = if i >= group_count && parts[i - group_count].zero_if_null {
-                when(value.clone().is_null(), lit(0_i64)).otherwise(value)?
-            } else {
-                value
-            };
-            Ok(value.alias_qualified(qualifier.cloned(), field.name()))
-        })
-        .collect::<datafusion::common::Result<Vec<Expr>>>()?;
+    let zero_if_null: Vec<bool> = parts.iter().map(|p| p.zero_if_null).collect();
     let outer_exprs_named = |exprs: Vec<Expr>, offset: usize| -> Vec<Expr> {
         exprs
             .into_iter()
@@ -265,12 +280,35 @@ fn rewrite(
             .map(|(i, e)| e.alias(format!("__sluice_out_{}", i + offset)))
             .collect()
     };
-    let plan = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+    let regrouped = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
         .aggregate(inner_groups, inner_aggregates)?
         .aggregate(
             outer_exprs_named(outer_groups, 0),
             outer_exprs_named(parts.into_iter().map(|p| p.outer).collect(), group_count),
         )?
+        .build()?;
+    // Each column under its original name and type: a sum of sums of DECIMAL(p, s) is
+    // DECIMAL(p + 20, s) where the original was DECIMAL(p + 10, s), with the same value.
+    let original: &DFSchema = &aggregate.schema;
+    let names = (0..original.fields().len())
+        .map(|i| {
+            let (qualifier, field) = original.qualified_field(i);
+            let value = col(format!("__sluice_out_{i}"));
+            // `coalesce` is only planned after the simplifier turned it into this CASE.
+            let value = if i >= group_count && zero_if_null[i - group_count] {
+                when(value.clone().is_null(), lit(0_i64)).otherwise(value)?
+            } else {
+                value
+            };
+            let value = if regrouped.schema().field(i).data_type() == field.data_type() {
+                value
+            } else {
+                cast(value, field.data_type().clone())
+            };
+            Ok(value.alias_qualified(qualifier.cloned(), field.name()))
+        })
+        .collect::<Result<Vec<Expr>>>()?;
+    let plan = LogicalPlanBuilder::from(regrouped)
         .project(names)?
         .build()?;
     Ok(Some(plan))

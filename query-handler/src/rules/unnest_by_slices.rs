@@ -31,13 +31,25 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::dense::with_children;
-use crate::error::QueryError;
+use crate::rules::PhysicalRewrite;
+use crate::rules::dense_aggregate::with_children;
+
+/// The rule, switched by `sluice.unnest_by_slices`.
+#[derive(Debug)]
+pub struct UnnestBySlices;
+
+impl PhysicalRewrite for UnnestBySlices {
+    fn name(&self) -> &'static str {
+        "unnest_by_slices"
+    }
+
+    fn rewrite(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        unnest_by_slices(plan)
+    }
+}
 
 /// Replaces every `UnnestExec` of `plan` that qualifies (see the module's comment).
-pub fn unnest_by_slices(
-    plan: Arc<dyn ExecutionPlan>,
-) -> Result<Arc<dyn ExecutionPlan>, QueryError> {
+fn unnest_by_slices(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan
         .transform_up(|node| {
             let Some(unnest) = node.downcast_ref::<UnnestExec>() else {

@@ -5,7 +5,7 @@
 //! handful of values each, so the handler numbers their strings instead: [`Code`] gives each
 //! distinct string of the query a small number, once per distinct view of a batch (rows from
 //! the same Parquet dictionary entry share their 16-byte view, see `kernels::like`), and the
-//! aggregate groups by that number, with [`crate::dense`]'s table indexed by it.
+//! aggregate groups by that number, with [`super::dense_aggregate`]'s table indexed by it.
 //! [`StringOf`] turns the numbers of the few result rows back into their strings:
 //!
 //! ```text
@@ -22,13 +22,15 @@
 //! `count(DISTINCT platform)` counts distinct numbers, with a bit per number and group instead of
 //! a set of strings per group. The numbering is exact whatever the data holds: equal strings get
 //! equal numbers and nulls stay null, so the groups and counts are the same. Only the speed
-//! depends on the columns holding few values; the numbers live as long as the query, in memory
-//! outside its pool, one copy of each distinct string.
+//! depends on the columns holding few values. The numbers live as long as the query, two
+//! copies of each distinct string, counted in the query's memory pool. Since the columns' values
+//! come from clients, a query numbers at most [`MAX_NUMBERED`] strings: past that, or past its
+//! pool, it fails with [`NumberingGaveUp`] and the engine runs it again without this rule.
 //!
 //! Rewritten: aggregates whose input is the table itself (under filters, aliases and
 //! projections that pick columns) and whose groups, one or two, are all low-cardinality string
 //! columns; their `count(DISTINCT …)` of such columns too. The numbers pay because
-//! [`crate::dense`] then finds a row's group by indexing a table with them, without hashing:
+//! [`super::dense_aggregate`] then finds a row's group by indexing a table with them, without hashing:
 //! with DataFusion's own grouping of the numbers, numbering two columns was 15–30% slower than
 //! grouping the strings (bench/README.md), and with the handler's it is 10–20% faster; so two
 //! groups are numbered only when every aggregate is a `count`, `sum`, `min`, `max` or `avg`,
@@ -46,7 +48,8 @@ use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::Int32Type;
 use datafusion::arrow::datatypes::{DataType, Field, FieldRef};
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema, Result, ScalarValue, exec_err};
+use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, exec_err};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::{
     Aggregate, ColumnarValue, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder,
@@ -55,43 +58,87 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::ScalarFunctionExpr;
 use datafusion::physical_plan::PhysicalExpr;
 
-use crate::error::QueryError;
-use crate::kernels::SeenViews;
-use crate::nulls::reads_table_directly;
-use crate::replica::Snapshot;
+use crate::rules::Rewrite;
+use crate::rules::kernels::SeenViews;
 use crate::scan::holds_strings;
+use crate::snapshot::Snapshot;
 
 /// More distinct views than this in one batch, and the batch is numbered row by row.
 const MAX_DISTINCT: usize = 1024;
 
-/// The most groups an aggregate may have to be numbered; [`crate::dense`] groups by as many.
+/// The most groups an aggregate may have to be numbered; [`super::dense_aggregate`] groups by
+/// as many.
 pub(crate) const MAX_GROUPS: usize = 2;
 
-/// Rewrites every aggregate of `plan` that qualifies (see the module's comment). `plan` must be
-/// optimized.
-pub fn group_by_codes(
-    plan: LogicalPlan,
-    low_cardinality: &[String],
-    snapshot: &Snapshot,
-) -> Result<LogicalPlan, QueryError> {
-    if low_cardinality.is_empty() {
-        return Ok(plan);
+/// The most distinct strings one query numbers. The columns numbered hold tens, but their
+/// values come from clients: a query that meets more gives up numbering and runs again
+/// without it ([`NumberingGaveUp`]).
+pub const MAX_NUMBERED: usize = 1 << 16;
+
+/// Bytes a numbered string costs besides its own (twice): the map's entry, the list's.
+const PER_STRING_BYTES: usize = 64;
+
+/// The rule, switched by `sluice.number_groups`.
+#[derive(Debug)]
+pub struct NumberGroups {
+    low_cardinality: Arc<[String]>,
+    snapshot: Arc<Snapshot>,
+    /// The query's memory pool, which the numbering's strings are counted in.
+    pool: Arc<dyn MemoryPool>,
+}
+
+impl NumberGroups {
+    pub fn new(
+        low_cardinality: Arc<[String]>,
+        snapshot: Arc<Snapshot>,
+        pool: Arc<dyn MemoryPool>,
+    ) -> Self {
+        NumberGroups {
+            low_cardinality,
+            snapshot,
+            pool,
+        }
     }
-    let strings = Arc::new(Strings::default());
-    Ok(plan
-        .transform_up(|node| {
+}
+
+impl Rewrite for NumberGroups {
+    fn name(&self) -> &'static str {
+        "number_groups"
+    }
+
+    /// Rewrites every aggregate of the plan that qualifies (see the module's comment). The plan
+    /// must be optimized.
+    fn rewrite(&self, plan: LogicalPlan) -> Result<Transformed<LogicalPlan>> {
+        if self.low_cardinality.is_empty() {
+            return Ok(Transformed::no(plan));
+        }
+        let strings = Arc::new(Strings::new(&self.pool));
+        plan.transform_up(|node| {
             let LogicalPlan::Aggregate(aggregate) = &node else {
                 return Ok(Transformed::no(node));
             };
-            if !reads_table_directly(&aggregate.input, snapshot) {
+            if !self.snapshot.is_read_directly_by(&aggregate.input) {
                 return Ok(Transformed::no(node));
             }
-            match rewrite(aggregate, low_cardinality, &strings)? {
+            match rewrite(aggregate, &self.low_cardinality, &strings)? {
                 Some(rewritten) => Ok(Transformed::yes(rewritten)),
                 None => Ok(Transformed::no(node)),
             }
-        })?
-        .data)
+        })
+    }
+}
+
+/// A query's numbering met more strings than it numbers ([`MAX_NUMBERED`]) or than its memory
+/// pool holds: the query runs again without [`NumberGroups`].
+#[derive(Debug, thiserror::Error)]
+#[error("numbering the strings of a low-cardinality column gave up: {0}")]
+pub struct NumberingGaveUp(String);
+
+impl NumberingGaveUp {
+    /// Whether `error` is, at its root, a numbering that gave up.
+    pub fn caused(error: &DataFusionError) -> bool {
+        matches!(error.find_root(), DataFusionError::External(inner) if inner.is::<NumberingGaveUp>())
+    }
 }
 
 fn rewrite(
@@ -214,13 +261,15 @@ fn rewrite(
 }
 
 /// The strings one query has numbered: the number of each, and the string of each number.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Strings(Mutex<Numbering>);
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Numbering {
     codes: HashMap<Box<str>, u32>,
     strings: Vec<Box<str>>,
+    /// The strings' memory, in the query's pool.
+    reservation: MemoryReservation,
 }
 
 impl Numbering {
@@ -228,13 +277,18 @@ impl Numbering {
         if let Some(&code) = self.codes.get(string) {
             return Ok(code);
         }
-        // u32::MAX itself marks an empty slot of SeenViews.
-        let Some(code) = u32::try_from(self.strings.len())
-            .ok()
-            .filter(|&code| code < u32::MAX)
-        else {
-            return exec_err!("more than 2^32 - 1 distinct strings in a low-cardinality column");
-        };
+        let gave_up = |reason: String| DataFusionError::External(Box::new(NumberingGaveUp(reason)));
+        if self.strings.len() >= MAX_NUMBERED {
+            return Err(gave_up(format!(
+                "more than {MAX_NUMBERED} distinct strings"
+            )));
+        }
+        self.reservation
+            .try_grow(2 * string.len() + PER_STRING_BYTES)
+            .map_err(|e| gave_up(e.to_string()))?;
+        // Fewer than MAX_NUMBERED numbers, so never u32::MAX, which marks an empty slot of
+        // SeenViews.
+        let code = self.strings.len() as u32;
         self.strings.push(string.into());
         self.codes.insert(string.into(), code);
         Ok(code)
@@ -242,6 +296,14 @@ impl Numbering {
 }
 
 impl Strings {
+    fn new(pool: &Arc<dyn MemoryPool>) -> Self {
+        Strings(Mutex::new(Numbering {
+            codes: HashMap::new(),
+            strings: Vec::new(),
+            reservation: MemoryConsumer::new("number_groups").register(pool),
+        }))
+    }
+
     fn numbering(&self) -> std::sync::MutexGuard<'_, Numbering> {
         // A panic elsewhere cannot leave the numbering half-updated: each insert is whole.
         self.0
@@ -346,7 +408,7 @@ fn rows<'a>(
         .collect()
 }
 
-/// Whether `expr` is a call of `code(…)`, whose numbers [`crate::dense`] groups by.
+/// Whether `expr` is a call of `code(…)`, whose numbers [`super::dense_aggregate`] groups by.
 pub(crate) fn is_code(expr: &dyn PhysicalExpr) -> bool {
     expr.downcast_ref::<ScalarFunctionExpr>()
         .is_some_and(|call| call.fun().inner().is::<Code>())
@@ -498,13 +560,21 @@ mod tests {
         builder.finish()
     }
 
+    impl Strings {
+        fn unbounded() -> Self {
+            let pool: Arc<dyn MemoryPool> =
+                Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
+            Strings::new(&pool)
+        }
+    }
+
     fn codes(strings: &Strings, values: &dyn Array) -> Vec<Option<u32>> {
         strings.codes(values).unwrap().iter().collect()
     }
 
     #[test]
     fn equal_strings_get_equal_numbers_in_every_batch_and_type_and_nulls_stay_null() {
-        let strings = Strings::default();
+        let strings = Strings::unbounded();
         let long = "a string longer than twelve bytes";
         let rows = [
             Some("b"),
@@ -554,7 +624,7 @@ mod tests {
 
     #[test]
     fn a_batch_of_many_distinct_strings_is_numbered_row_by_row_consistently() {
-        let strings = Strings::default();
+        let strings = Strings::unbounded();
         let many: Vec<String> = (0..MAX_DISTINCT + 10)
             .map(|i| format!("value {i}"))
             .collect();
@@ -589,7 +659,7 @@ mod tests {
 
     #[test]
     fn numbers_turn_back_into_their_strings_in_the_columns_type() {
-        let strings = Arc::new(Strings::default());
+        let strings = Arc::new(Strings::unbounded());
         let rows = [Some("liked"), None, Some("shared"), Some("liked")];
         let values: ArrayRef = Arc::new(shared_views(&rows));
         let numbered = invoke(
@@ -633,5 +703,30 @@ mod tests {
             err.to_string().contains("no string has the number 9"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn numbering_gives_up_past_its_bound_or_its_pool_and_says_so() {
+        let pool: Arc<dyn MemoryPool> = Arc::new(
+            datafusion::execution::memory_pool::GreedyMemoryPool::new(1_000),
+        );
+        let strings = Strings::new(&pool);
+        let many: Vec<String> = (0..100).map(|i| format!("platform {i}")).collect();
+        let rows: Vec<Option<&str>> = many.iter().map(|s| Some(s.as_str())).collect();
+        let error = strings
+            .codes(&StringArray::from(rows))
+            .expect_err("a thousand bytes hold a dozen strings");
+        assert!(NumberingGaveUp::caused(&error), "{error}");
+        // Wrapped on its way up, as an operator's error is.
+        let wrapped = DataFusionError::Context("aggregate".into(), Box::new(error));
+        assert!(NumberingGaveUp::caused(&wrapped), "{wrapped}");
+        assert!(!NumberingGaveUp::caused(&DataFusionError::Plan("x".into())));
+        // The bound on the count, whatever the pool holds.
+        let strings = Strings::unbounded();
+        let many: Vec<String> = (0..=MAX_NUMBERED).map(|i| i.to_string()).collect();
+        let rows: Vec<Option<&str>> = many.iter().map(|s| Some(s.as_str())).collect();
+        let error = strings.codes(&StringArray::from(rows)).unwrap_err();
+        assert!(error.to_string().contains("distinct strings"), "{error}");
+        assert!(NumberingGaveUp::caused(&error));
     }
 }

@@ -10,18 +10,31 @@
 
 use std::sync::Arc;
 
+use datafusion::common::Result;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::datasource::physical_plan::{FileScanConfig, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_expr::utils::{conjunction, split_conjunction};
 use datafusion::physical_plan::{ExecutionPlan, PhysicalExpr};
 
-use crate::error::QueryError;
+use crate::rules::PhysicalRewrite;
+
+/// The rule, switched by `sluice.scan_conditions_once`.
+#[derive(Debug)]
+pub struct ScanConditionsOnce;
+
+impl PhysicalRewrite for ScanConditionsOnce {
+    fn name(&self) -> &'static str {
+        "scan_conditions_once"
+    }
+
+    fn rewrite(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
+        without_repeated_conditions(plan)
+    }
+}
 
 /// Drops the repeated conditions of every Parquet scan's predicate in `plan`.
-pub fn without_repeated_conditions(
-    plan: Arc<dyn ExecutionPlan>,
-) -> Result<Arc<dyn ExecutionPlan>, QueryError> {
+fn without_repeated_conditions(plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
     Ok(plan
         .transform_up(|node| {
             let Some(exec) = node.downcast_ref::<DataSourceExec>() else {
