@@ -45,6 +45,8 @@ pub struct Limits {
     /// Columns with few distinct values, which aggregates group by first
     /// ([`rules::regroup`]) and number ([`rules::number_groups`]).
     pub low_cardinality: Arc<[String]>,
+    /// The most distinct strings a query numbers before it runs again without numbering.
+    pub max_numbered_strings: usize,
 }
 
 /// A query's answer.
@@ -308,6 +310,7 @@ pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionConte
         snapshot: Arc::clone(snapshot),
         low_cardinality: Arc::clone(&limits.low_cardinality),
         pool,
+        max_numbered_strings: limits.max_numbered_strings,
         fired: Arc::default(),
     };
     let config = config.with_extension(Arc::clone(&context.fired));

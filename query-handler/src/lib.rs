@@ -164,6 +164,7 @@ impl Config {
             max_result_bytes: self.query_max_result_bytes,
             session,
             low_cardinality: self.low_cardinality_columns.clone().into(),
+            max_numbered_strings: rules::number_groups::MAX_NUMBERED,
         })
     }
 }

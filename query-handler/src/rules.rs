@@ -152,6 +152,8 @@ pub struct RuleContext {
     pub snapshot: Arc<Snapshot>,
     pub low_cardinality: Arc<[String]>,
     pub pool: Arc<dyn MemoryPool>,
+    /// The most distinct strings [`number_groups`] numbers in one query.
+    pub max_numbered_strings: usize,
     pub fired: Arc<FiredRules>,
 }
 
@@ -280,6 +282,7 @@ pub fn logical(context: &RuleContext) -> Vec<Arc<dyn OptimizerRule + Send + Sync
                 Arc::clone(low_cardinality),
                 Arc::clone(snapshot),
                 Arc::clone(&context.pool),
+                context.max_numbered_strings,
             ),
             context,
         )),

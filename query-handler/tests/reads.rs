@@ -93,6 +93,7 @@ fn limits() -> Limits {
         max_result_bytes: 1 << 20,
         session: SessionConfig::new().with_target_partitions(2),
         low_cardinality: Arc::from([]),
+        max_numbered_strings: sluice_query_handler::rules::number_groups::MAX_NUMBERED,
     }
 }
 
@@ -194,6 +195,7 @@ fn after_rules(
         snapshot: Arc::clone(snapshot),
         low_cardinality: low_cardinality.into(),
         pool: Arc::new(UnboundedMemoryPool::default()),
+        max_numbered_strings: sluice_query_handler::rules::number_groups::MAX_NUMBERED,
         fired: Arc::default(),
     };
     let rules = rules::logical(&context);
@@ -215,6 +217,7 @@ fn physical_rule(
         snapshot: Arc::clone(snapshot),
         low_cardinality: Arc::from([]),
         pool: Arc::new(UnboundedMemoryPool::default()),
+        max_numbered_strings: sluice_query_handler::rules::number_groups::MAX_NUMBERED,
         fired: Arc::default(),
     };
     rules::physical(&context)
@@ -1538,6 +1541,7 @@ async fn every_rule_turns_off_on_its_own_with_the_same_answers() {
         snapshot: snapshot.clone(),
         low_cardinality: all_on.low_cardinality.clone(),
         pool: Arc::new(UnboundedMemoryPool::default()),
+        max_numbered_strings: sluice_query_handler::rules::number_groups::MAX_NUMBERED,
         fired: Arc::default(),
     };
     let registered: Vec<String> = rules::logical(&context)
@@ -1623,4 +1627,53 @@ async fn every_rule_turns_off_on_its_own_with_the_same_answers() {
         error.contains("regroop") && error.contains("regroup"),
         "{error}"
     );
+}
+
+#[tokio::test]
+async fn a_query_that_meets_too_many_strings_to_number_runs_again_without_numbering() {
+    let dir = tempfile::tempdir().unwrap();
+    // 100 types where the handler expects a handful.
+    let view = table_of(dir.path(), |i| {
+        let mut notification = varied(i);
+        notification.kind = format!("kind.{i}");
+        notification
+    })
+    .await;
+    let snapshot = view.current().unwrap();
+    let sql = "SELECT type, count(*) AS n, count(DISTINCT platform) AS platforms \
+               FROM notifications GROUP BY type ORDER BY type";
+    let few = Limits {
+        max_numbered_strings: 10,
+        ..with_low_cardinality()
+    };
+    // Planned with numbers, which give up at the 11th type...
+    assert!(
+        fired(sql, &snapshot, &few)
+            .await
+            .contains(&"number_groups".to_string())
+    );
+    // ...and answered all the same, by the run without them.
+    let expected = datafusions_answer(sql, &snapshot).await;
+    assert_eq!(expected.num_rows(), 100);
+    let parsed = engine::parse(sql).unwrap();
+    let answer = engine::execute(parsed.statement, snapshot.clone(), few)
+        .await
+        .unwrap();
+    assert!(
+        !answer.rules.contains(&"number_groups".to_string()),
+        "{:?}",
+        answer.rules
+    );
+    assert_eq!(
+        answer_with(sql, &snapshot, with_low_cardinality()).await,
+        expected.columns()
+    );
+    let again = {
+        let few = Limits {
+            max_numbered_strings: 10,
+            ..with_low_cardinality()
+        };
+        answer_with(sql, &snapshot, few).await
+    };
+    assert_eq!(again, expected.columns());
 }

@@ -70,9 +70,9 @@ const MAX_DISTINCT: usize = 1024;
 /// as many.
 pub(crate) const MAX_GROUPS: usize = 2;
 
-/// The most distinct strings one query numbers. The columns numbered hold tens, but their
-/// values come from clients: a query that meets more gives up numbering and runs again
-/// without it ([`NumberingGaveUp`]).
+/// The most distinct strings one query numbers, unless its limits say otherwise. The columns
+/// numbered hold tens, but their values come from clients: a query that meets more gives up
+/// numbering and runs again without it ([`NumberingGaveUp`]).
 pub const MAX_NUMBERED: usize = 1 << 16;
 
 /// Bytes a numbered string costs besides its own (twice): the map's entry, the list's.
@@ -85,6 +85,8 @@ pub struct NumberGroups {
     snapshot: Arc<Snapshot>,
     /// The query's memory pool, which the numbering's strings are counted in.
     pool: Arc<dyn MemoryPool>,
+    /// The most distinct strings the query numbers.
+    max_strings: usize,
 }
 
 impl NumberGroups {
@@ -92,11 +94,13 @@ impl NumberGroups {
         low_cardinality: Arc<[String]>,
         snapshot: Arc<Snapshot>,
         pool: Arc<dyn MemoryPool>,
+        max_strings: usize,
     ) -> Self {
         NumberGroups {
             low_cardinality,
             snapshot,
             pool,
+            max_strings,
         }
     }
 }
@@ -112,7 +116,7 @@ impl Rewrite for NumberGroups {
         if self.low_cardinality.is_empty() {
             return Ok(Transformed::no(plan));
         }
-        let strings = Arc::new(Strings::new(&self.pool));
+        let strings = Arc::new(Strings::new(&self.pool, self.max_strings));
         plan.transform_up(|node| {
             let LogicalPlan::Aggregate(aggregate) = &node else {
                 return Ok(Transformed::no(node));
@@ -270,6 +274,7 @@ struct Numbering {
     strings: Vec<Box<str>>,
     /// The strings' memory, in the query's pool.
     reservation: MemoryReservation,
+    max_strings: usize,
 }
 
 impl Numbering {
@@ -278,17 +283,22 @@ impl Numbering {
             return Ok(code);
         }
         let gave_up = |reason: String| DataFusionError::External(Box::new(NumberingGaveUp(reason)));
-        if self.strings.len() >= MAX_NUMBERED {
+        if self.strings.len() >= self.max_strings {
             return Err(gave_up(format!(
-                "more than {MAX_NUMBERED} distinct strings"
+                "more than {} distinct strings",
+                self.max_strings
             )));
         }
         self.reservation
             .try_grow(2 * string.len() + PER_STRING_BYTES)
             .map_err(|e| gave_up(e.to_string()))?;
-        // Fewer than MAX_NUMBERED numbers, so never u32::MAX, which marks an empty slot of
-        // SeenViews.
-        let code = self.strings.len() as u32;
+        // u32::MAX itself marks an empty slot of SeenViews.
+        let Some(code) = u32::try_from(self.strings.len())
+            .ok()
+            .filter(|&code| code < u32::MAX)
+        else {
+            return Err(gave_up("more than 2^32 - 1 distinct strings".into()));
+        };
         self.strings.push(string.into());
         self.codes.insert(string.into(), code);
         Ok(code)
@@ -296,11 +306,12 @@ impl Numbering {
 }
 
 impl Strings {
-    fn new(pool: &Arc<dyn MemoryPool>) -> Self {
+    fn new(pool: &Arc<dyn MemoryPool>, max_strings: usize) -> Self {
         Strings(Mutex::new(Numbering {
             codes: HashMap::new(),
             strings: Vec::new(),
             reservation: MemoryConsumer::new("number_groups").register(pool),
+            max_strings,
         }))
     }
 
@@ -564,7 +575,7 @@ mod tests {
         fn unbounded() -> Self {
             let pool: Arc<dyn MemoryPool> =
                 Arc::new(datafusion::execution::memory_pool::UnboundedMemoryPool::default());
-            Strings::new(&pool)
+            Strings::new(&pool, MAX_NUMBERED)
         }
     }
 
@@ -710,7 +721,7 @@ mod tests {
         let pool: Arc<dyn MemoryPool> = Arc::new(
             datafusion::execution::memory_pool::GreedyMemoryPool::new(1_000),
         );
-        let strings = Strings::new(&pool);
+        let strings = Strings::new(&pool, MAX_NUMBERED);
         let many: Vec<String> = (0..100).map(|i| format!("platform {i}")).collect();
         let rows: Vec<Option<&str>> = many.iter().map(|s| Some(s.as_str())).collect();
         let error = strings
