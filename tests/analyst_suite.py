@@ -34,39 +34,73 @@ import uuid
 
 HEADER = re.compile(r"^\s*--\s*query:\s*([A-Za-z0-9_]+)\s*$")
 TOLERANCE = re.compile(r"^\s*--\s*tolerance:\s*([0-9.eE+-]+)\s*$")
+# Optional header lines right after `-- query: name` (tests/sqlgen.py writes them; see
+# tests/differential.py for their meaning). Any other line ends the headers and starts the SQL.
+HEADER_LINE = re.compile(r"^\s*--\s*(tolerance|ordered|engines|shape|dialect):\s*(.*?)\s*$")
+ENGINES = ("datafusion", "duckdb")
 DEFAULT_REL_TOL = 1e-9
 
 
-def parse_suite(path):
-    """Return [(name, sql, tolerance or None)] in file order."""
+def _split_list(value):
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def parse_suite_headers(path):
+    """Return one dict per query in file order:
+    {"name", "sql", "tolerance" (float or None), "ordered" (bool), "engines" (list, default both),
+     "shape" (list of tags), "dialect" (list of rule names), "headers" (raw {key: value})}."""
     queries = []
-    name, tol, body = None, None, []
+    name, headers, body = None, {}, []
     in_headers = False
 
     def flush():
-        if name is not None:
-            sql = "\n".join(body).strip()
-            while sql.endswith(";"):
-                sql = sql[:-1].rstrip()
-            if not sql:
-                raise SystemExit(f"{path}: query {name} is empty")
-            queries.append((name, sql, tol))
+        if name is None:
+            return
+        sql = "\n".join(body).strip()
+        while sql.endswith(";"):
+            sql = sql[:-1].rstrip()
+        if not sql:
+            raise SystemExit(f"{path}: query {name} is empty")
+        tol = None
+        if "tolerance" in headers:
+            try:
+                tol = float(headers["tolerance"])
+            except ValueError:
+                raise SystemExit(f"{path}: query {name}: bad tolerance {headers['tolerance']!r}")
+        ordered = headers.get("ordered", "false").lower()
+        if ordered not in ("true", "false"):
+            raise SystemExit(f"{path}: query {name}: `ordered` must be true or false")
+        engines = _split_list(headers.get("engines", ",".join(ENGINES)))
+        if not engines or any(e not in ENGINES for e in engines):
+            raise SystemExit(f"{path}: query {name}: engines must be a list of {', '.join(ENGINES)}")
+        queries.append({
+            "name": name,
+            "sql": sql,
+            "tolerance": tol,
+            "ordered": ordered == "true",
+            "engines": engines,
+            "shape": _split_list(headers.get("shape", "")),
+            "dialect": _split_list(headers.get("dialect", "")),
+            "headers": dict(headers),
+        })
 
     with open(path, encoding="utf-8") as f:
         for line in f.read().splitlines():
             m = HEADER.match(line)
             if m:
                 flush()
-                name, tol, body, in_headers = m.group(1), None, [], True
-                if any(q[0] == name for q in queries):
+                name, headers, body, in_headers = m.group(1), {}, [], True
+                if any(q["name"] == name for q in queries):
                     raise SystemExit(f"{path}: duplicate query name {name}")
                 continue
             if name is None:
                 continue  # preamble
             if in_headers:
-                t = TOLERANCE.match(line)
-                if t:
-                    tol = float(t.group(1))
+                h = HEADER_LINE.match(line)
+                if h:
+                    if h.group(1) in headers:
+                        raise SystemExit(f"{path}: query {name}: header {h.group(1)} given twice")
+                    headers[h.group(1)] = h.group(2)
                     continue
                 in_headers = False
             body.append(line)
@@ -74,6 +108,12 @@ def parse_suite(path):
     if not queries:
         raise SystemExit(f"{path}: no `-- query: name` headers found")
     return queries
+
+
+def parse_suite(path):
+    """Return [(name, sql, tolerance or None)] in file order (header lines other than the
+    tolerance are accepted and left out of the SQL; parse_suite_headers returns them)."""
+    return [(q["name"], q["sql"], q["tolerance"]) for q in parse_suite_headers(path)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +351,22 @@ def cmd_serve(args):
 NUM_RE = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
 
 
+# An ISO 8601 duration as Arrow's JSON writer gives a DataFusion interval or duration
+# (`PT3592.475089S`, `-P1DT3S`); DuckDB's INTERVAL is normalized to seconds (a timedelta's).
+DURATION_RE = re.compile(r"^(-)?P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$")
+
+
+def canon_duration_string(s):
+    """Seconds of an ISO 8601 duration of days, hours, minutes and seconds; None if it isn't one."""
+    m = DURATION_RE.match(s)
+    if not m or s in ("P", "-P", "PT", "-PT"):
+        return None
+    sign, days, hours, minutes, seconds = m.groups()
+    total = (int(days or 0) * 86400 + int(hours or 0) * 3600 + int(minutes or 0) * 60
+             + float(seconds or 0))
+    return -total if sign else total
+
+
 def canon(v):
     """Canonical form used for comparison; applied to both sides."""
     if isinstance(v, str):
@@ -319,6 +375,9 @@ def canon(v):
         ts = canon_ts_string(v)
         if ts is not None:
             return ts
+        seconds = canon_duration_string(v)
+        if seconds is not None:
+            return seconds
         return v
     if isinstance(v, list):
         return [canon(x) for x in v]

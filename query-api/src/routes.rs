@@ -84,6 +84,9 @@ fn meta(reply: &QueryReply) -> Value {
         "row_count": reply.rows,
         "rules": reply.rules,
     });
+    if !reply.fallback.is_empty() {
+        meta["fallback"] = reply.fallback.clone().into();
+    }
     if !reply.error.is_empty() {
         meta["error"] = reply.error.clone().into();
         meta["error_code"] = format!("{:?}", tonic::Code::from_i32(reply.error_code)).into();

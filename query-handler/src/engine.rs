@@ -61,6 +61,8 @@ pub struct Answer {
     pub cacheable: bool,
     /// The handler's rules that rewrote the query, in the order they did.
     pub rules: Vec<String>,
+    /// Why the query was answered without the handler's rules, if it was.
+    pub fallback: String,
 }
 
 impl Answer {
@@ -68,6 +70,7 @@ impl Answer {
         self.ipc.len()
             + std::mem::size_of::<Self>()
             + self.rules.iter().map(String::len).sum::<usize>()
+            + self.fallback.len()
     }
 
     #[cfg(test)]
@@ -78,6 +81,7 @@ impl Answer {
             replica_version: 0,
             cacheable: true,
             rules: Vec::new(),
+            fallback: String::new(),
         }
     }
 }
@@ -179,26 +183,47 @@ fn unparenthesized_distinct_from(statement: &Statement) -> Option<String> {
     }
 }
 
-/// Plans and runs `statement` against `snapshot`, and encodes the result. A query whose
-/// numbering of strings gave up ([`rules::number_groups::NumberingGaveUp`]) runs once more
-/// without it.
+/// Plans and runs `statement` against `snapshot`, and encodes the result.
+///
+/// Two fallbacks keep the handler's rules from costing a client an answer:
+/// - a query whose numbering of strings gave up
+///   ([`rules::number_groups::NumberingGaveUp`]) runs once more without it;
+/// - a query that fails with the rules on runs once more with every rule off, which is
+///   DataFusion's own plan on delta-rs's provider. The handler's dictionaries meet DataFusion's
+///   type coercion where DataFusion alone never goes (`string_agg(DISTINCT lang ORDER BY lang)`
+///   of a dictionary column fails when the aggregate starts), so a query that DataFusion
+///   answers is never refused because of a rule. When both fail, the client gets DataFusion's
+///   own error; a query that fails on its data (a division by zero) therefore runs twice.
 pub async fn execute(
     statement: Statement,
     snapshot: Arc<Snapshot>,
     limits: Limits,
 ) -> Result<Answer, QueryError> {
-    match execute_once(statement.clone(), &snapshot, &limits).await {
+    let first = match execute_once(statement.clone(), &snapshot, &limits).await {
         Err(QueryError::GaveUp(reason)) => {
             tracing::info!(
                 reason,
                 "running the query again without numbering its groups"
             );
-            let mut limits = limits;
+            let mut limits = limits.clone();
             rules::turn_off(limits.session.options_mut(), &["number_groups".to_string()])?;
-            execute_once(statement, &snapshot, &limits).await
+            execute_once(statement.clone(), &snapshot, &limits).await
         }
         outcome => outcome,
-    }
+    };
+    let error = match first {
+        Err(
+            error
+            @ (QueryError::InvalidSql(_) | QueryError::Execution(_) | QueryError::Internal(_)),
+        ) if !RuleSwitches::of(limits.session.options()).all_off() => error,
+        outcome => return outcome,
+    };
+    let mut plainly = limits;
+    rules::turn_off(plainly.session.options_mut(), &RuleSwitches::names())?;
+    let mut answer = execute_once(statement, &snapshot, &plainly).await?;
+    tracing::warn!(%error, "the query failed with the handler's rules and was answered without them");
+    answer.fallback = format!("answered without the handler's rules, which failed: {error}");
+    Ok(answer)
 }
 
 async fn execute_once(
@@ -241,6 +266,7 @@ async fn execute_once(
         replica_version: snapshot.version,
         cacheable,
         rules,
+        fallback: String::new(),
     })
 }
 

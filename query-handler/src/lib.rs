@@ -350,6 +350,7 @@ fn reply(
         arrow_ipc: answer.ipc.clone(),
         sql,
         rules: answer.rules.clone(),
+        fallback: answer.fallback.clone(),
         ..QueryReply::default()
     }
 }
@@ -450,6 +451,7 @@ impl QueryHandler for QueryHandlerService {
                         out.state = "orange".into();
                         out.arrow_ipc = answer.ipc.clone();
                         out.rules = answer.rules.clone();
+                        out.fallback = answer.fallback.clone();
                     }
                     None if kept => out.state = "expired".into(),
                     None => out.state = "done".into(),

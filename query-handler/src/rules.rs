@@ -116,6 +116,11 @@ impl RuleSwitches {
             .is_none_or(|entry| entry.value.as_deref() != Some("false"))
     }
 
+    /// Whether every rule is off.
+    pub fn all_off(&self) -> bool {
+        RuleSwitches::names().iter().all(|name| !self.is_on(name))
+    }
+
     /// The name of every switch.
     pub fn names() -> Vec<String> {
         use datafusion::config::ExtensionOptions;

@@ -1392,11 +1392,21 @@ async fn queries_that_once_failed_get_datafusions_answers() {
          WHERE text IS NULL",
         "SELECT platform, count(*) FILTER (WHERE text NOT ILIKE '%T%') AS n FROM notifications \
          WHERE text IS NULL GROUP BY platform ORDER BY platform",
+        // A regrouped count under another aggregate: the count's CASE was not null to the
+        // logical plan and nullable to the physical one, which the aggregate above refused.
+        "WITH daily AS (SELECT day, coalesce(lang, 'und') AS k, count(*) AS n, \
+                sum(metrics['likes']) AS likes FROM notifications GROUP BY day, coalesce(lang, 'und')) \
+         SELECT k, min(n) AS min_n, sum(n) AS total, sum(likes) AS likes FROM daily GROUP BY k ORDER BY k",
         // A regrouped sum of decimals: the sum of sums had a wider type than the sum.
         "SELECT platform, sum(CAST(metrics['likes'] AS DECIMAL(12, 2))) AS likes, \
                 sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked \
          FROM notifications GROUP BY platform ORDER BY platform",
     ] {
+        let parsed = engine::parse(sql).unwrap();
+        let answer = engine::execute(parsed.statement, snapshot.clone(), with_low_cardinality())
+            .await
+            .unwrap();
+        assert_eq!(answer.fallback, "", "{sql}");
         for limits in [limits(), with_low_cardinality()] {
             let expected = datafusions_answer(sql, &snapshot).await;
             assert_eq!(
@@ -1406,6 +1416,31 @@ async fn queries_that_once_failed_get_datafusions_answers() {
             );
         }
     }
+    // DataFusion cannot run `string_agg(DISTINCT … ORDER BY …)` of a dictionary column (the
+    // argument is cast to a string, the ordering is not): the query fails with the handler's
+    // scan, and is answered without the handler's rules.
+    let sql = "SELECT string_agg(DISTINCT lang, ',' ORDER BY lang) AS langs, count(*) AS n \
+               FROM notifications";
+    let parsed = engine::parse(sql).unwrap();
+    let answer = engine::execute(parsed.statement, snapshot.clone(), with_low_cardinality())
+        .await
+        .unwrap();
+    assert!(
+        answer.fallback.contains("ORDER BY expressions"),
+        "{}",
+        answer.fallback
+    );
+    assert_eq!(
+        answer_with(sql, &snapshot, with_low_cardinality()).await,
+        datafusions_answer(sql, &snapshot).await.columns()
+    );
+    // A query that fails in DataFusion too gets DataFusion's error.
+    let parsed = engine::parse("SELECT no_such_column FROM notifications").unwrap();
+    let error = engine::execute(parsed.statement, snapshot.clone(), with_low_cardinality())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("no_such_column"), "{error}");
+
     // The decimal sum above is regrouped (two aggregates), with the type of the original.
     let sql = "SELECT platform, sum(CAST(metrics['likes'] AS DECIMAL(12, 2))) AS likes, \
                       sum(CASE WHEN type = 'post.liked' THEN 1 ELSE 0 END) AS liked \

@@ -3,6 +3,7 @@
 
 mod analyst;
 mod compose;
+mod differential;
 mod master_store;
 mod read_path;
 mod replica;

@@ -16,13 +16,17 @@ use crate::analyst::{self, SUITE, SUITE_PY, file_list, live_files, load, query, 
 use crate::support::{BUCKET, S3Server, Sluice, free_addr, get_json, python, wait_for_port};
 
 /// A query handler and a query API, as separate processes, over the S3 server's replica.
-struct ReadSide {
+pub(crate) struct ReadSide {
     _handler: Sluice,
     _api: Sluice,
-    api: SocketAddr,
+    pub(crate) api: SocketAddr,
 }
 
-async fn start_read_side(s3: &S3Server, dir: &Path, settings: &[(&str, &str)]) -> ReadSide {
+pub(crate) async fn start_read_side(
+    s3: &S3Server,
+    dir: &Path,
+    settings: &[(&str, &str)],
+) -> ReadSide {
     let handler_addr = free_addr();
     let api = free_addr();
     let mut env = s3.env();

@@ -294,9 +294,12 @@ fn rewrite(aggregate: &Aggregate, low_cardinality: &[String]) -> Result<Option<L
         .map(|i| {
             let (qualifier, field) = original.qualified_field(i);
             let value = col(format!("__sluice_out_{i}"));
-            // `coalesce` is only planned after the simplifier turned it into this CASE.
+            // `coalesce` is only planned after the simplifier turned it into a CASE. Written
+            // this way round, DataFusion's logical and physical plans both see that it is never
+            // null (`WHEN v IS NULL THEN 0 ELSE v` is not null to the first only, and an
+            // aggregate above then refuses its input).
             let value = if i >= group_count && zero_if_null[i - group_count] {
-                when(value.clone().is_null(), lit(0_i64)).otherwise(value)?
+                when(value.clone().is_not_null(), value).otherwise(lit(0_i64))?
             } else {
                 value
             };
