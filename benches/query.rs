@@ -28,6 +28,7 @@ mod analyst;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -85,35 +86,16 @@ async fn main() {
         started.elapsed()
     );
 
-    let (handler_addr, api) = (free_addr(), free_addr());
-    let env: Vec<(String, String)> = [
-        (
-            "SLUICE_STORAGE",
-            format!("file://{}", dir.path().join("data").display()),
-        ),
-        ("SLUICE_QUERY_HANDLER_ADDR", handler_addr.to_string()),
-        ("SLUICE_QUERY_ADDR", api.to_string()),
-        ("SLUICE_CACHE_BYTES", "0".to_string()),
-        ("SLUICE_QUERY_TIMEOUT_MS", "600000".to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let handler = Sluice::spawn(&["query-handler"], &env, dir.path(), "query-handler");
-    let api_process = Sluice::spawn(&["query-api"], &env, dir.path(), "query-api");
-    wait_for_port(handler_addr, &handler).await;
-    wait_for_port(api, &api_process).await;
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !analyst::query(&client, api, json!({"sql": "SELECT 1 AS one"}))
-        .await
-        .0
-        .is_success()
-    {
-        assert!(Instant::now() < deadline, "{}", handler.log_text());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-
+    let started_read = |extra: &[(&str, &str)]| {
+        let (handler_addr, api) = (free_addr(), free_addr());
+        let mut env = read_env(dir.path(), handler_addr, api);
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let handler = Sluice::spawn(&["query-handler"], &env, dir.path(), "query-handler");
+        let api_process = Sluice::spawn(&["query-api"], &env, dir.path(), "query-api");
+        (handler, api_process, handler_addr, api)
+    };
+    let (handler, api_process, handler_addr, api) = started_read(&[]);
+    wait_until_ready(&handler, &api_process, handler_addr, api).await;
     // DuckDB in a process of its own over the same files, warmed up, which times one pass over
     // the suite whenever it is asked.
     let list = analyst::file_list(dir.path(), &files);
@@ -199,4 +181,115 @@ async fn main() {
         names.len()
     );
     assert!(compared.status.success(), "{report}");
+
+    // What each rule of the handler buys: handlers with one rule off, and with every rule off,
+    // each pass followed by one of the handler with all of them on.
+    let all_on: BTreeMap<String, f64> = names
+        .iter()
+        .map(|name| (name.clone(), median(sluice_ms.get_mut(name).unwrap())))
+        .collect();
+    let rules = sluice_query_handler::rules::RuleSwitches::names();
+    let mut configurations = vec![("every rule off".to_string(), rules.join(","))];
+    configurations.extend(
+        rules
+            .iter()
+            .map(|rule| (format!("{rule} off"), rule.clone())),
+    );
+    println!("\n| rules | geometric mean ÷ all on | most changed query (÷ all on) | ÷ DuckDB |");
+    println!("|---|---:|---|---:|");
+    let mut every_rule_off = BTreeMap::new();
+    for (label, off) in configurations {
+        let (handler_off, api_off_process, handler_off_addr, api_off) =
+            started_read(&[("SLUICE_QUERY_RULES_OFF", off.as_str())]);
+        wait_until_ready(&handler_off, &api_off_process, handler_off_addr, api_off).await;
+        let (answers_off, _) = analyst::run_suite(api_off).await;
+        assert_eq!(
+            answers_off, answers,
+            "{label}: the answers differ from those with every rule on"
+        );
+        let mut off_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        let mut on_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for _ in 0..repeat {
+            for (api, times) in [(api_off, &mut off_ms), (api, &mut on_ms)] {
+                let (_, elapsed) = analyst::run_suite(api).await;
+                for (name, ms) in elapsed {
+                    times.entry(name).or_default().push(ms);
+                }
+            }
+        }
+        let mut log_ratio = 0.0;
+        let mut log_duckdb = 0.0;
+        let mut most = (String::new(), 1.0f64);
+        for name in &names {
+            let ours = median(off_ms.get_mut(name).unwrap());
+            let on = median(on_ms.get_mut(name).unwrap());
+            let ratio = ours / on;
+            log_ratio += ratio.ln();
+            log_duckdb += (ours / median(duckdb_ms.get_mut(name).unwrap())).ln();
+            if (ratio.ln()).abs() > most.1.ln().abs() {
+                most = (name.clone(), ratio);
+            }
+            if label == "every rule off" {
+                every_rule_off.insert(name.clone(), ours);
+            }
+        }
+        let count = names.len() as f64;
+        println!(
+            "| {label} | {:.2} | {} ({:.2}) | {:.2} |",
+            (log_ratio / count).exp(),
+            most.0,
+            most.1,
+            (log_duckdb / count).exp()
+        );
+    }
+    println!("\nEvery rule off, per query:\n");
+    println!("| query | all on ms | every rule off ms | off ÷ on | off ÷ DuckDB |");
+    println!("|---|---:|---:|---:|---:|");
+    for name in &names {
+        let (on, off) = (all_on[name], every_rule_off[name]);
+        let theirs = median(duckdb_ms.get_mut(name).unwrap());
+        println!(
+            "| {name} | {on:.1} | {off:.1} | {:.2} | {:.2} |",
+            off / on,
+            off / theirs
+        );
+    }
+}
+
+/// The environment of a read side (query handler and query API) over the table in `dir`.
+fn read_env(dir: &std::path::Path, handler: SocketAddr, api: SocketAddr) -> Vec<(String, String)> {
+    [
+        (
+            "SLUICE_STORAGE",
+            format!("file://{}", dir.join("data").display()),
+        ),
+        ("SLUICE_QUERY_HANDLER_ADDR", handler.to_string()),
+        ("SLUICE_QUERY_ADDR", api.to_string()),
+        ("SLUICE_CACHE_BYTES", "0".to_string()),
+        ("SLUICE_QUERY_TIMEOUT_MS", "600000".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Waits until the query API answers through the handler (which loads the table first).
+async fn wait_until_ready(
+    handler: &Sluice,
+    api_process: &Sluice,
+    handler_addr: SocketAddr,
+    api: SocketAddr,
+) {
+    wait_for_port(handler_addr, handler).await;
+    wait_for_port(api, api_process).await;
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !analyst::query(&client, api, json!({"sql": "SELECT 1 AS one"}))
+        .await
+        .0
+        .is_success()
+    {
+        assert!(Instant::now() < deadline, "{}", handler.log_text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
