@@ -1712,3 +1712,65 @@ async fn a_query_that_meets_too_many_strings_to_number_runs_again_without_number
     };
     assert_eq!(again, expected.columns());
 }
+
+/// The rows of `sql` on a plain DataFusion session of `partitions` partitions, each row's values
+/// as text.
+async fn plain_rows(sql: &str, partitions: usize) -> Vec<Vec<String>> {
+    let ctx = datafusion::prelude::SessionContext::new_with_config(
+        SessionConfig::new().with_target_partitions(partitions),
+    );
+    let batches = ctx.sql(sql).await.unwrap().collect().await.unwrap();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            rows.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|c| arrow::util::display::array_value_to_string(c, row).unwrap())
+                    .collect(),
+            );
+        }
+    }
+    rows
+}
+
+/// Wrong answers of DataFusion 55 that the differential generator (`tests/sqlgen.py`) does not
+/// write, since the handler gives DataFusion's answer there. Each assertion pins today's wrong
+/// answer: when one fails, DataFusion answers right, and the generator may write the shape again.
+#[tokio::test]
+async fn datafusions_wrong_answers_that_the_generator_avoids_are_still_wrong() {
+    // The TopK aggregation under a window: `w` counts 2 rows instead of 4
+    // (apache/datafusion#25066).
+    let rows = plain_rows(
+        "SELECT k, count(*) OVER () AS w FROM (SELECT DISTINCT x AS k FROM (VALUES (1),(2),(3),(4)) AS t(x)) s \
+         ORDER BY k LIMIT 2",
+        2,
+    )
+    .await;
+    assert_eq!(rows, [["1", "2"], ["2", "2"]], "right now: expected w = 4");
+    // A sort's limit pushed below a window over two partitions: `w` counts 2 rows, not 6.
+    let rows = plain_rows(
+        "SELECT k, x, count(*) OVER () AS w, \
+                max(x) OVER (PARTITION BY k ORDER BY x ROWS BETWEEN 1 PRECEDING AND 1 FOLLOWING) AS m \
+         FROM (SELECT * FROM (VALUES ('a',1),('a',2),('b',3)) AS t1(k,x) \
+               UNION ALL SELECT * FROM (VALUES ('b',4),('c',5),('c',6)) AS t2(k,x)) AS t \
+         ORDER BY k, x LIMIT 2",
+        2,
+    )
+    .await;
+    assert_eq!(rows[0][2], "2", "right now: expected w = 6 ({rows:?})");
+    // The grand total of GROUPING SETS sorted last though `NULLS FIRST`: the filter makes `k`
+    // a constant, and the sort drops it.
+    let rows = plain_rows(
+        "SELECT k, v, count(*) AS n FROM (VALUES ('a',1),('a',2),('b',3)) AS t(k,v) \
+         WHERE k = 'a' GROUP BY GROUPING SETS ((k, v), ()) ORDER BY k NULLS FIRST, v",
+        1,
+    )
+    .await;
+    assert_eq!(
+        rows.last().unwrap(),
+        &["", "", "2"],
+        "right now: the grand total first ({rows:?})"
+    );
+}

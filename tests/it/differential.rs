@@ -213,21 +213,22 @@ fn queries_of(path: &Path) -> Vec<(String, String)> {
 /// repeat).
 fn as_json(schema: &Schema, batches: &[RecordBatch]) -> Value {
     let positions: Vec<String> = (0..schema.fields().len()).map(|i| i.to_string()).collect();
-    let renamed = Arc::new(Schema::new(
-        schema
-            .fields()
-            .iter()
-            .zip(&positions)
-            .map(|(f, p)| f.as_ref().clone().with_name(p))
-            .collect::<Vec<Field>>(),
-    ));
     let mut buffer = Vec::new();
     {
         let mut writer = deltalake::arrow::json::WriterBuilder::new()
             .with_explicit_nulls(true)
             .build::<_, deltalake::arrow::json::writer::JsonArray>(&mut buffer);
         for batch in batches {
-            let batch = RecordBatch::try_new(renamed.clone(), batch.columns().to_vec()).unwrap();
+            let renamed = Arc::new(Schema::new(
+                batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .zip(&positions)
+                    .map(|(f, p)| f.as_ref().clone().with_name(p))
+                    .collect::<Vec<Field>>(),
+            ));
+            let batch = RecordBatch::try_new(renamed, batch.columns().to_vec()).unwrap();
             writer.write(&batch).unwrap();
         }
         writer.finish().unwrap();
@@ -538,14 +539,26 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
                 Err(error) => Err(error),
             };
             let entry = match answer {
-                Ok((schema, batches)) => as_json(&schema, &batches),
+                Ok((schema, batches)) => {
+                    let types = |s: &Schema| -> Vec<DataType> {
+                        s.fields().iter().map(|f| f.data_type().clone()).collect()
+                    };
+                    if let Some(batch) = batches
+                        .iter()
+                        .find(|b| types(&b.schema()) != types(&schema))
+                    {
+                        eprintln!(
+                            "{name}: DataFusion's batches are {:?}, its schema {:?}",
+                            types(&batch.schema()),
+                            types(&schema)
+                        );
+                    }
+                    as_json(&schema, &batches)
+                }
                 Err(error) => json!({"error": error.to_string()}),
             };
             plain.insert(name.clone(), entry);
             in_datafusion += timer.elapsed().as_secs_f64();
-            if timer.elapsed().as_secs_f64() > 1.0 {
-                eprintln!("slow in DataFusion: {name} {:?}", timer.elapsed());
-            }
         }
         eprintln!(
             "seed {seed}: {:.0} s in Sluice ({first_seconds:.0} s of them for the first answers; \
