@@ -129,6 +129,11 @@ pub enum Action {
     Other,
 }
 
+const CREATE_TYPES: &str = "created,published";
+const EDIT_TYPES: &str = "updated,edited,modified";
+const DELETE_TYPES: &str = "deleted,removed";
+const RESTORE_TYPES: &str = "restored,undeleted";
+
 /// Which notification types create, edit, delete and restore a post. A type matches a word of
 /// a list by its whole name or by its last dot-separated part, ignoring case: `updated` matches
 /// `post.updated` and `Post.Updated`.
@@ -140,7 +145,7 @@ pub struct PostActions {
         long,
         env = "SLUICE_POST_CREATE_TYPES",
         value_delimiter = ',',
-        default_value = "created,published"
+        default_value = CREATE_TYPES
     )]
     pub post_create_types: Vec<String>,
     /// Notification types that edit a post: the last one's text, language and tags are the
@@ -149,7 +154,7 @@ pub struct PostActions {
         long,
         env = "SLUICE_POST_EDIT_TYPES",
         value_delimiter = ',',
-        default_value = "updated,edited,modified"
+        default_value = EDIT_TYPES
     )]
     pub post_edit_types: Vec<String>,
     /// Notification types that delete a post.
@@ -157,7 +162,7 @@ pub struct PostActions {
         long,
         env = "SLUICE_POST_DELETE_TYPES",
         value_delimiter = ',',
-        default_value = "deleted,removed"
+        default_value = DELETE_TYPES
     )]
     pub post_delete_types: Vec<String>,
     /// Notification types that restore a deleted post.
@@ -165,19 +170,20 @@ pub struct PostActions {
         long,
         env = "SLUICE_POST_RESTORE_TYPES",
         value_delimiter = ',',
-        default_value = "restored,undeleted"
+        default_value = RESTORE_TYPES
     )]
     pub post_restore_types: Vec<String>,
 }
 
 impl Default for PostActions {
+    /// The flags' defaults.
     fn default() -> Self {
-        let words = |list: &[&str]| list.iter().map(|w| w.to_string()).collect();
+        let words = |list: &str| list.split(',').map(String::from).collect();
         PostActions {
-            post_create_types: words(&["created", "published"]),
-            post_edit_types: words(&["updated", "edited", "modified"]),
-            post_delete_types: words(&["deleted", "removed"]),
-            post_restore_types: words(&["restored", "undeleted"]),
+            post_create_types: words(CREATE_TYPES),
+            post_edit_types: words(EDIT_TYPES),
+            post_delete_types: words(DELETE_TYPES),
+            post_restore_types: words(RESTORE_TYPES),
         }
     }
 }

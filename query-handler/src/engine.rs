@@ -7,6 +7,7 @@
 //! stays responsive on the process's main runtime.
 
 use std::ops::ControlFlow;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use arrow::ipc::writer::StreamWriter;
@@ -24,7 +25,7 @@ use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr as SqlExpr, Statement as SqlStatement, visit_expressions,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 
 use crate::error::QueryError;
 use crate::rules::{self, FiredRules, RuleContext, RuleSwitches, RulesThenPlanner};
@@ -47,6 +48,9 @@ pub struct Limits {
     pub low_cardinality: Arc<[String]>,
     /// The most distinct strings a query numbers before it runs again without numbering.
     pub max_numbered_strings: usize,
+    /// When the query's answer is due, if it has a deadline: a rerun without the rules
+    /// ([`execute`]) must fit before it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// A query's answer.
@@ -185,58 +189,129 @@ fn unparenthesized_distinct_from(statement: &Statement) -> Option<String> {
 
 /// Plans and runs `statement` against `snapshot`, and encodes the result.
 ///
-/// Two fallbacks keep the handler's rules from costing a client an answer:
+/// Two fallbacks keep a failing rule from costing a client an answer that DataFusion alone
+/// gives:
 /// - a query whose numbering of strings gave up
 ///   ([`rules::number_groups::NumberingGaveUp`]) runs once more without it;
-/// - a query that fails with the rules on runs once more with every rule off, which is
-///   DataFusion's own plan on delta-rs's provider. The handler's dictionaries meet DataFusion's
-///   type coercion where DataFusion alone never goes (`string_agg(DISTINCT lang ORDER BY lang)`
-///   of a dictionary column fails when the aggregate starts), so a query that DataFusion
-///   answers is never refused because of a rule. When both fail, the client gets DataFusion's
-///   own error; a query that fails on its data (a division by zero) therefore runs twice.
+/// - a query that fails, panics or runs out of memory in a plan that the handler's rules
+///   rewrote (or read with the handler's scan) runs once more with every rule off, which is
+///   DataFusion's own plan on delta-rs's provider, if the query's deadline leaves time. The
+///   handler's dictionaries meet DataFusion's type coercion where DataFusion alone never goes
+///   (`string_agg(DISTINCT lang ORDER BY lang)` of a dictionary column fails when the aggregate
+///   starts), and the handler's aggregate does not spill. When both runs fail, the client gets
+///   DataFusion's own error; a query that fails on its data (a division by zero) in a rewritten
+///   plan therefore runs twice. The answer names the rules of the run that failed.
 pub async fn execute(
     statement: Statement,
     snapshot: Arc<Snapshot>,
     limits: Limits,
 ) -> Result<Answer, QueryError> {
-    let first = match execute_once(statement.clone(), &snapshot, &limits).await {
-        Err(QueryError::GaveUp(reason)) => {
-            tracing::info!(
-                reason,
-                "running the query again without numbering its groups"
-            );
-            let mut limits = limits.clone();
-            rules::turn_off(limits.session.options_mut(), &["number_groups".to_string()])?;
-            execute_once(statement.clone(), &snapshot, &limits).await
-        }
-        outcome => outcome,
+    let mut limits = limits;
+    let mut attempt = execute_once(statement.clone(), &snapshot, &limits).await;
+    if let Err(QueryError::GaveUp(reason)) = &attempt.outcome {
+        tracing::info!(
+            reason,
+            "running the query again without numbering its groups"
+        );
+        rules::turn_off(limits.session.options_mut(), &["number_groups".to_string()])?;
+        attempt = execute_once(statement.clone(), &snapshot, &limits).await;
+    }
+    let (error, failed_rules) = match attempt {
+        Attempt {
+            outcome:
+                Err(
+                    error @ (QueryError::InvalidSql(_)
+                    | QueryError::Execution(_)
+                    | QueryError::Internal(_)
+                    | QueryError::MemoryLimit(_)),
+                ),
+            rules,
+        } if !rules.is_empty() => (error, rules),
+        Attempt { outcome, .. } => return outcome,
     };
-    let error = match first {
-        Err(
-            error
-            @ (QueryError::InvalidSql(_) | QueryError::Execution(_) | QueryError::Internal(_)),
-        ) if !RuleSwitches::of(limits.session.options()).all_off() => error,
-        outcome => return outcome,
-    };
-    let mut plainly = limits;
+    // The rerun gets what is left of the deadline, less a margin for the answer to travel; a
+    // rerun that would not finish in it would only swap the error for a timeout.
+    let remaining = limits
+        .deadline
+        .map(|deadline| deadline.saturating_duration_since(tokio::time::Instant::now()));
+    if remaining.is_some_and(|left| left < RERUN_MARGIN) {
+        return Err(error);
+    }
+    let mut plainly = limits.clone();
     rules::turn_off(plainly.session.options_mut(), &RuleSwitches::names())?;
-    let mut answer = execute_once(statement, &snapshot, &plainly).await?;
-    tracing::warn!(%error, "the query failed with the handler's rules and was answered without them");
-    answer.fallback = format!("answered without the handler's rules, which failed: {error}");
+    let rerun = execute_once(statement, &snapshot, &plainly);
+    let rerun = match remaining {
+        Some(left) => match tokio::time::timeout(left - RERUN_MARGIN, rerun).await {
+            Ok(attempt) => attempt,
+            Err(_) => return Err(error),
+        },
+        None => rerun.await,
+    };
+    let mut answer = rerun.outcome?;
+    let failed = failed_rules.join(", ");
+    tracing::warn!(%error, rules = failed, "the query failed with the handler's rules and was answered without them");
+    answer.fallback = format!(
+        "answered without the handler's rules, which failed ({failed}): {}",
+        error.public_message()
+    );
     Ok(answer)
 }
 
-async fn execute_once(
-    statement: Statement,
-    snapshot: &Arc<Snapshot>,
-    limits: &Limits,
-) -> Result<Answer, QueryError> {
-    let ctx = session(snapshot, limits)?;
-    let (physical, cacheable) = plan(&ctx, statement).await?;
+/// What a rerun without the rules must leave of the deadline.
+const RERUN_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// One run of a query: how it ended, and the rules that rewrote its plan (on failure too).
+struct Attempt {
+    outcome: Result<Answer, QueryError>,
+    rules: Vec<String>,
+}
+
+async fn execute_once(statement: Statement, snapshot: &Arc<Snapshot>, limits: &Limits) -> Attempt {
+    let ctx = match session(snapshot, limits) {
+        Ok(ctx) => ctx,
+        Err(error) => {
+            return Attempt {
+                outcome: Err(error),
+                rules: Vec::new(),
+            };
+        }
+    };
+    // A panic in a rule or in one of the handler's operators fails the query, not the task,
+    // so that the query can run again without them.
+    let run = AssertUnwindSafe(run_once(&ctx, statement, snapshot, limits)).catch_unwind();
+    let outcome = match run.await {
+        Ok(outcome) => outcome,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            Err(QueryError::Internal(format!(
+                "the query panicked: {message}"
+            )))
+        }
+    };
     let rules = fired_rules(&ctx);
     if !rules.is_empty() {
         tracing::debug!(?rules, "the handler's rules rewrote the query");
     }
+    Attempt {
+        outcome: outcome.map(|answer| Answer {
+            rules: rules.clone(),
+            ..answer
+        }),
+        rules,
+    }
+}
+
+async fn run_once(
+    ctx: &SessionContext,
+    statement: Statement,
+    snapshot: &Arc<Snapshot>,
+    limits: &Limits,
+) -> Result<Answer, QueryError> {
+    let (physical, cacheable) = plan(ctx, statement).await?;
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();
@@ -265,7 +340,7 @@ async fn execute_once(
         rows,
         replica_version: snapshot.version,
         cacheable,
-        rules,
+        rules: Vec::new(),
         fallback: String::new(),
     })
 }

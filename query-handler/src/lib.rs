@@ -165,6 +165,7 @@ impl Config {
             session,
             low_cardinality: self.low_cardinality_columns.clone().into(),
             max_numbered_strings: rules::number_groups::MAX_NUMBERED,
+            deadline: None,
         })
     }
 }
@@ -265,11 +266,13 @@ impl QueryHandlerService {
                 .await
                 .map_err(|_| QueryError::Timeout(inner.timeout.as_millis() as u64))?
                 .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
-            let work = inner.runtime.spawn(engine::execute(
-                parsed.statement,
-                snapshot,
-                inner.limits.clone(),
-            ));
+            let limits = engine::Limits {
+                deadline: Some(deadline),
+                ..inner.limits.clone()
+            };
+            let work = inner
+                .runtime
+                .spawn(engine::execute(parsed.statement, snapshot, limits));
             match tokio::time::timeout_at(deadline, work).await {
                 Err(_) => Err(QueryError::Timeout(inner.timeout.as_millis() as u64)),
                 Ok(Err(join)) => Err(QueryError::Internal(format!(

@@ -14,6 +14,7 @@ use sluice_proto::v1;
 
 use crate::engine::{self, Limits, TABLE};
 use crate::error::QueryError;
+use crate::rules::{self, RuleSwitches};
 use crate::snapshot::Snapshot;
 
 const COLUMNS: [&str; 13] = [
@@ -41,7 +42,7 @@ pub async fn post_events(
     post_id: &str,
     as_of_micros: Option<i64>,
 ) -> Result<Vec<v1::Notification>, QueryError> {
-    let ctx = engine::session(snapshot, limits)?;
+    let ctx = engine::session(snapshot, &scan_only(limits)?)?;
     let mut filter = col("platform")
         .eq(lit(platform))
         .and(col("post_id").eq(lit(post_id)));
@@ -83,7 +84,7 @@ pub async fn find_notification(
     platform: &str,
     id: &str,
 ) -> Result<Option<v1::Notification>, QueryError> {
-    let ctx = engine::session(snapshot, limits)?;
+    let ctx = engine::session(snapshot, &scan_only(limits)?)?;
     let batches = ctx
         .table(TABLE)
         .await?
@@ -93,6 +94,18 @@ pub async fn find_notification(
         .collect()
         .await?;
     Ok(to_notifications(&batches)?.into_iter().next())
+}
+
+/// `limits` with every rule off but the handler's scan: the rules rewrite aggregates, joins and
+/// kernels, none of which a point read has, and a point read has no fallback of its own.
+fn scan_only(limits: &Limits) -> Result<Limits, QueryError> {
+    let mut limits = limits.clone();
+    let others: Vec<String> = RuleSwitches::names()
+        .into_iter()
+        .filter(|name| name != "dictionary_scan")
+        .collect();
+    rules::turn_off(limits.session.options_mut(), &others)?;
+    Ok(limits)
 }
 
 /// Rows of [`COLUMNS`] as wire notifications. Columns are cast to one canonical type first:

@@ -1,5 +1,6 @@
 //! The handler's own rewrites of DataFusion's plans: every one lives in this folder, is
-//! registered in [`logical`] or [`physical`] below, and has a switch.
+//! registered in [`logical`] or [`physical`] below, and has a switch. (One more physical rule,
+//! [`without_dictionaries`], belongs to the handler's scan and follows its switch.)
 //!
 //! Each rewrite is exact: a query's answer is the one DataFusion alone gives on delta-rs's
 //! provider, whatever the data holds; only the speed depends on the data. Each can be turned off
@@ -107,7 +108,8 @@ impl RuleSwitches {
             .unwrap_or_default()
     }
 
-    /// Whether the rule `name` is on. Every rule's name is a switch's (a test checks).
+    /// Whether the rule `name` is on. Every rule's name is a switch's (a test checks); an
+    /// unknown name is on.
     pub fn is_on(&self, name: &str) -> bool {
         use datafusion::config::ExtensionOptions;
         self.entries()
@@ -174,12 +176,9 @@ pub trait Rewrite: std::fmt::Debug + Send + Sync {
 pub trait PhysicalRewrite: std::fmt::Debug + Send + Sync {
     fn name(&self) -> &'static str;
 
+    /// `plan` rewritten, keeping its schema (DataFusion checks); the very same `plan` when
+    /// nothing changed.
     fn rewrite(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>>;
-
-    /// Whether the plan's schema stays as it was (checked by DataFusion when it does).
-    fn keeps_schema(&self) -> bool {
-        true
-    }
 }
 
 /// The rules that rewrote a session's plans, in the order they did: a query's answer names
@@ -188,7 +187,7 @@ pub trait PhysicalRewrite: std::fmt::Debug + Send + Sync {
 pub struct FiredRules(Mutex<Vec<&'static str>>);
 
 impl FiredRules {
-    fn record(&self, name: &'static str) {
+    pub(crate) fn record(&self, name: &'static str) {
         let mut fired = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if !fired.contains(&name) {
             fired.push(name);
@@ -261,7 +260,7 @@ impl<R: PhysicalRewrite + 'static> PhysicalOptimizerRule for Switched<R> {
     }
 
     fn schema_check(&self) -> bool {
-        self.rule.keeps_schema()
+        true
     }
 }
 

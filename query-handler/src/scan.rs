@@ -4,7 +4,7 @@
 //! The consumer writes `platform`, `type`, `lang` and `producer_id` with a Parquet dictionary
 //! per column chunk, a handful of strings. delta-rs's table provider hands every string column
 //! on as string views, so the reader expands each row's key into a 16-byte view, and
-//! [`crate::codes`] then hashes the views back into numbers: 26% of `count_by_type` was that
+//! [`crate::rules::number_groups`] then hashes the views back into numbers: 26% of `count_by_type` was that
 //! numbering (bench/README.md). Read as `Dictionary(Int32, Utf8)` instead, a column arrives as
 //! the page's keys and one array of its few strings, and `code(…)` numbers the strings once and
 //! looks each row's key up.
@@ -53,6 +53,8 @@ use deltalake::DeltaTable;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore};
+
+use crate::rules::FiredRules;
 
 /// Bytes of Parquet footers kept across queries.
 const FOOTER_CACHE_BYTES: usize = 64 << 20;
@@ -381,6 +383,9 @@ impl TableProvider for ReplicaTable {
         state
             .runtime_env()
             .register_object_store(self.store_url.as_ref(), Arc::clone(&self.store));
+        if let Some(fired) = state.config().get_extension::<FiredRules>() {
+            fired.record("dictionary_scan");
+        }
         let files = self.files_kept(state, filters)?;
         if files.is_empty() {
             // No file passes (or the table has none): a scan of no file groups would have no

@@ -162,6 +162,17 @@ pub(crate) async fn query(
     (status, value)
 }
 
+/// A query API answer as the comparers read it: `{"columns": [names], "rows": [...]}`.
+pub(crate) fn columns_and_rows(answer: &Value) -> Value {
+    let columns: Vec<Value> = answer["columns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].clone())
+        .collect();
+    json!({"columns": columns, "rows": answer["rows"]})
+}
+
 /// Runs every suite query through the query API: `{name: {"columns": [names], "rows": [...]}}`
 /// as `analyst_suite.py compare` reads it, and each answer's server-side milliseconds.
 pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>) {
@@ -171,16 +182,7 @@ pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>)
     for (name, sql) in suite() {
         let (status, answer) = query(&client, api, json!({"sql": sql})).await;
         assert!(status.is_success(), "{name}: {status} {answer}");
-        let columns: Vec<Value> = answer["columns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|c| c["name"].clone())
-            .collect();
-        results.insert(
-            name.clone(),
-            json!({"columns": columns, "rows": answer["rows"]}),
-        );
+        results.insert(name.clone(), columns_and_rows(&answer));
         elapsed.insert(name, answer["elapsed_ms"].as_f64().unwrap());
     }
     (Value::Object(results), elapsed)

@@ -34,7 +34,7 @@ use sluice_consumer::schema::to_record_batch;
 use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 
-use crate::analyst::{file_list, live_files};
+use crate::analyst::{columns_and_rows, file_list, live_files};
 use crate::read_path::start_read_side;
 use crate::support::{BUCKET, S3Server, python, run_python};
 
@@ -494,16 +494,7 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
                 fallbacks.push(format!("{name}: {reason}"));
             }
             if status.is_success() {
-                let columns: Vec<Value> = body["columns"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c["name"].clone())
-                    .collect();
-                sluice.insert(
-                    name.clone(),
-                    json!({"columns": columns, "rows": body["rows"]}),
-                );
+                sluice.insert(name.clone(), columns_and_rows(&body));
                 let arrow = post("arrow").await.unwrap();
                 let cached = arrow
                     .headers()

@@ -1,6 +1,6 @@
 //! Aggregation whose groups are string numbers, without a hash table.
 //!
-//! [`crate::codes`] makes `GROUP BY type` group by `code(type)`, the query's small number for
+//! [`super::number_groups`] makes `GROUP BY type` group by `code(type)`, the query's small number for
 //! each string. DataFusion's aggregate still hashes each row's number into its table of
 //! groups (`GroupValuesPrimitive::intern`, 12–20% of `count_by_type`'s time, bench/README.md).
 //! The numbers are dense, 0, 1, 2, … in the order the query meets the strings, so
