@@ -70,6 +70,7 @@ async fn main() {
         replica.table().clone(),
         &maintenance,
         chrono::NaiveDate::MAX,
+        &sluice_consumer::lease::Fence::sole(),
     )
     .await
     .unwrap();

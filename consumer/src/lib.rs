@@ -7,18 +7,26 @@
 //! - [`replicator`]: the one committer of the table. It learns of segments from publishers
 //!   (gRPC `SegmentStored`) and from listing `master/`, buffers them by rows, bytes and age,
 //!   and commits each producer's segments in sequence order with their `txn` versions.
+//! - [`dedup`]: the keys of the notifications the table holds, by day, so that a copy stored
+//!   by another node is not committed twice.
 //! - [`maintenance`]: compaction of closed partitions and vacuum, beside replication.
+//! - [`lease`]: one committer at a time. Several consumers may run; the one that holds the
+//!   replica's lease replicates and maintains, the others stand by and take over when it dies.
 //!
 //! Ingest APIs ask `Progress` for their producer's replicated sequence: every batch up to it is
-//! green. The consumer keeps no state of its own: progress lives in the Delta log.
+//! green. The consumer keeps no state of its own: progress lives in the Delta log. Only the
+//! lease holder answers `Progress` and `SegmentStored`, and only it reports itself serving on
+//! the standard gRPC health service, so that a load balancer (a Kubernetes Service with a gRPC
+//! readiness probe) sends those calls to it.
 
+pub mod dedup;
+pub mod lease;
 pub mod maintenance;
 pub mod replica;
 pub mod replicator;
 pub mod schema;
 
-use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sluice_core::master::{MasterStore, check_producer_id};
@@ -33,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use crate::lease::{Fence, LeaseStore};
 use crate::maintenance::MaintenanceConfig;
 use crate::replica::Replica;
 use crate::replicator::{Progress, Replicator, ReplicatorConfig, SegmentNotice};
@@ -67,6 +76,16 @@ pub struct Config {
     /// Vacuum keeps files that snapshots younger than this may read.
     #[arg(long, env = "SLUICE_VACUUM_RETENTION_HOURS", default_value_t = 168)]
     pub vacuum_retention_hours: u64,
+    /// Days before today (UTC) whose notification keys stay in memory to drop copies that
+    /// arrive through another node. Older days are read from the replica when a copy for them
+    /// arrives: this bounds memory, not the guarantee (docs/replica.md).
+    #[arg(long, env = "SLUICE_DEDUP_WINDOW_DAYS", default_value_t = 7)]
+    pub dedup_window_days: u32,
+    /// How long the replica's lease lasts unrenewed: a standby takes over this long after the
+    /// committer stops renewing it (it renews every third of it).
+    #[arg(long, env = "SLUICE_LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(300..))]
+    pub lease_ttl_ms: u64,
 }
 
 impl Config {
@@ -80,6 +99,8 @@ impl Config {
             maintenance_interval_secs: 0,
             compact_zstd_level: 16,
             vacuum_retention_hours: 168,
+            dedup_window_days: 7,
+            lease_ttl_ms: 2_000,
         }
     }
 
@@ -90,6 +111,7 @@ impl Config {
             max_age: Duration::from_millis(self.replicate_max_age_ms),
             list_interval: Duration::from_secs(self.list_interval_secs.max(1)),
             read_concurrency: 8,
+            dedup_window_days: self.dedup_window_days,
         }
     }
 
@@ -113,9 +135,36 @@ pub async fn open_replica(storage: &Storage, path: &str) -> anyhow::Result<Repli
     Ok(Replica::open_or_create(url, options).await?)
 }
 
+/// What this consumer is now: the committer (with its replicator's progress) or a standby.
+#[derive(Default)]
+struct Role {
+    committing: RwLock<Option<Arc<Progress>>>,
+}
+
+impl Role {
+    fn progress(&self) -> Result<Arc<Progress>, Status> {
+        self.committing
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+            .ok_or_else(|| {
+                Status::unavailable(
+                    "this consumer is a standby: the holder of the replica's lease answers",
+                )
+            })
+    }
+
+    fn set(&self, progress: Option<Arc<Progress>>) {
+        *self
+            .committing
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = progress;
+    }
+}
+
 pub struct ConsumerService {
     notices: mpsc::UnboundedSender<SegmentNotice>,
-    progress: Arc<Progress>,
+    role: Arc<Role>,
 }
 
 #[tonic::async_trait]
@@ -124,6 +173,8 @@ impl Consumer for ConsumerService {
         &self,
         request: Request<SegmentStoredRequest>,
     ) -> Result<Response<SegmentStoredResponse>, Status> {
+        // A standby would only queue notices it cannot use; the committer lists the master.
+        self.role.progress()?;
         let request = request.into_inner();
         check_producer_id(&request.producer_id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -151,58 +202,194 @@ impl Consumer for ConsumerService {
         &self,
         request: Request<ProgressRequest>,
     ) -> Result<Response<ProgressResponse>, Status> {
+        let progress = self.role.progress()?;
         let producer = request.into_inner().producer_id;
         Ok(Response::new(ProgressResponse {
-            replicated_sequence: self.progress.replicated(&producer),
-            table_version: self.progress.table_version(),
+            replicated_sequence: progress.replicated(&producer),
+            table_version: progress.table_version(),
         }))
     }
 }
 
-/// Runs the consumer until `shutdown` fires: the gRPC service on `listener`, the replicator
+/// The name this process gives itself in the lease: host (as `HOSTNAME` says, a pod's name on
+/// Kubernetes), listening address and pid.
+fn holder_name(listener: &TcpListener) -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |addr| addr.to_string());
+    format!("{host} {addr} pid {}", std::process::id())
+}
+
+/// The replica's lease, for a consumer or `sluice maintain`: probes whether the store can fence
+/// two committers, and says loudly when it cannot.
+async fn lease_store(
+    storage: &Storage,
+    config: &Config,
+    holder: String,
+) -> anyhow::Result<LeaseStore> {
+    let fenced = storage.probe_put_if_absent().await?;
+    if !fenced {
+        tracing::warn!(
+            storage = %storage.url,
+            "the store does NOT enforce put-if-absent: two consumers cannot be fenced, so this \
+             one refuses to run while another holds the replica's lease. Run one consumer, or \
+             use AWS S3 or MinIO"
+        );
+    }
+    Ok(LeaseStore::new(
+        storage.store.clone(),
+        &config.replica_path,
+        holder,
+        Duration::from_millis(config.lease_ttl_ms),
+        fenced,
+    ))
+}
+
+/// Runs the consumer until `shutdown` fires: the gRPC service (with the standard health
+/// service) on `listener`, and, while this process holds the replica's lease, the replicator
 /// and the maintenance task. On shutdown it stops accepting, replicates what is ready once
-/// more, and returns.
+/// more, releases the lease and returns.
 pub async fn serve(
     listener: TcpListener,
     storage: Storage,
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let replica = open_replica(&storage, &config.replica_path).await?;
-    let maintenance_table = replica.table().clone();
-    let replicator = Replicator::new(
-        MasterStore::new(storage.store.clone()),
-        replica,
-        config.replicator(),
-    );
+    let leases = lease_store(&storage, &config, holder_name(&listener)).await?;
+    let role = Arc::new(Role::default());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<ConsumerServer<ConsumerService>>()
+        .await;
     let (notices, notices_rx) = mpsc::unbounded_channel();
     let service = ConsumerService {
         notices,
-        progress: replicator.progress(),
+        role: role.clone(),
     };
-    let replicating = tokio::spawn(replicator.run(notices_rx, shutdown.clone()));
-    let maintaining = tokio::spawn(maintenance::run(
-        maintenance_table,
-        config.maintenance(),
-        shutdown.clone(),
+    let committing = tokio::spawn(commit_while_leased(
+        storage.clone(),
+        config.clone(),
+        leases,
+        Lifecycle {
+            role,
+            health,
+            shutdown: shutdown.clone(),
+        },
+        notices_rx,
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), storage = %storage.url, replica = config.replica_path, "consumer listening");
-    serve_grpc(listener, service, shutdown.cancelled_owned()).await?;
-    replicating.await?;
-    maintaining.await?;
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let served = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(ConsumerServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
+        .await;
+    // The gRPC server only stops on shutdown or a transport error; either way, stop committing.
+    shutdown.cancel();
+    committing.await??;
+    served?;
     Ok(())
 }
 
-async fn serve_grpc(
-    listener: TcpListener,
-    service: ConsumerService,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), tonic::transport::Error> {
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
-        .add_service(ConsumerServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+/// What the committing loop tells the rest of the consumer.
+struct Lifecycle {
+    role: Arc<Role>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+}
+
+/// Waits for the lease, replicates and maintains under it until it is lost or `shutdown`
+/// fires, and waits for it again after a loss. Every term starts from the table: the previous
+/// term's buffered segments are listed again from the master.
+async fn commit_while_leased(
+    storage: Storage,
+    config: Config,
+    leases: LeaseStore,
+    lifecycle: Lifecycle,
+    mut notices: mpsc::UnboundedReceiver<SegmentNotice>,
+) -> anyhow::Result<()> {
+    let Lifecycle {
+        role,
+        health,
+        shutdown,
+    } = lifecycle;
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let lease = match leases.acquire(&shutdown, None).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => return Ok(()),
+            Err(error @ lease::LeaseError::Unfenceable { .. }) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the replica's lease; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(250);
+        let fence = lease.fence();
+        let lease_done = CancellationToken::new();
+        let keeping = tokio::spawn(lease.keep(lease_done.clone()));
+        match start_term(&storage, &config, fence.clone()).await {
+            Ok(replicator) => {
+                // Notices that arrived while standing by were refused; any left are stale.
+                while notices.try_recv().is_ok() {}
+                role.set(Some(replicator.progress()));
+                health
+                    .set_serving::<ConsumerServer<ConsumerService>>()
+                    .await;
+                let maintaining = tokio::spawn(maintenance::run(
+                    replicator.table().clone(),
+                    config.maintenance(),
+                    fence.clone(),
+                    shutdown.clone(),
+                ));
+                notices = replicator.run(notices, shutdown.clone()).await;
+                health
+                    .set_not_serving::<ConsumerServer<ConsumerService>>()
+                    .await;
+                role.set(None);
+                maintaining.await?;
+            }
+            Err(error) => tracing::warn!(%error, "cannot start committing under the lease"),
+        }
+        // Released only after the last commit: a standby may take over from here on.
+        lease_done.cancel();
+        keeping.await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// A new term under the lease of `fence`: the table is opened, the epoch recorded in it, and a
+/// replicator made ready.
+async fn start_term(
+    storage: &Storage,
+    config: &Config,
+    fence: Arc<Fence>,
+) -> anyhow::Result<Replicator> {
+    let mut replica = open_replica(storage, &config.replica_path).await?;
+    let version = replica.claim(&fence).await?;
+    tracing::info!(
+        epoch = fence.epoch(),
+        version,
+        "recorded the lease epoch in the replica"
+    );
+    Ok(Replicator::new(
+        MasterStore::new(storage.store.clone()),
+        replica,
+        config.replicator(),
+        fence,
+    ))
 }
 
 /// Rebuilds a replica from the master store alone into the table at `to` (which must not hold
@@ -213,24 +400,56 @@ pub async fn replay(
     config: &Config,
 ) -> anyhow::Result<replicator::RoundReport> {
     let replica = open_replica(storage, to).await?;
+    // A new table has no other committer (and `sluice replay` says it must be new).
     let mut replicator = Replicator::new(
         MasterStore::new(storage.store.clone()),
         replica,
         config.replicator(),
+        Fence::sole(),
     );
     replicator.list_master().await?;
     replicator.replicate_ready().await
 }
 
 /// One maintenance pass over the replica now, on every core: what `sluice maintain` runs, e.g.
-/// after a backfill or a replay.
+/// after a backfill or a replay. It takes the replica's lease first, so that it never compacts
+/// beside a live consumer: when one holds the lease and renews it, this refuses and says who.
 pub async fn maintain_once(
     storage: &Storage,
     config: &Config,
 ) -> anyhow::Result<maintenance::MaintenanceReport> {
-    let replica = open_replica(storage, &config.replica_path).await?;
-    let maintenance = config.maintenance().on_every_core();
-    let today = chrono::Utc::now().date_naive();
-    let (_, report) = maintenance::maintain(replica.table().clone(), &maintenance, today).await?;
-    Ok(report)
+    let holder = format!(
+        "sluice maintain on {} pid {}",
+        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
+        std::process::id()
+    );
+    let leases = lease_store(storage, config, holder).await?;
+    // Long enough to tell a live holder from a dead one.
+    let patience = leases.ttl() + leases.ttl() / 2;
+    let lease = leases
+        .acquire(&CancellationToken::new(), Some(patience))
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "{error}; the consumer that holds it compacts the replica itself \
+                 (--maintenance-interval-secs): stop it, or let it"
+            )
+        })?
+        .ok_or_else(|| anyhow::anyhow!("interrupted while waiting for the replica's lease"))?;
+    let fence = lease.fence();
+    let kept = CancellationToken::new();
+    let keeping = tokio::spawn(lease.keep(kept.clone()));
+    let result = async {
+        let mut replica = open_replica(storage, &config.replica_path).await?;
+        replica.claim(&fence).await?;
+        let maintenance = config.maintenance().on_every_core();
+        let today = chrono::Utc::now().date_naive();
+        let (_, report) =
+            maintenance::maintain(replica.table().clone(), &maintenance, today, &fence).await?;
+        anyhow::Ok(report)
+    }
+    .await;
+    kept.cancel();
+    keeping.await?;
+    result
 }

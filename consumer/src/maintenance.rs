@@ -7,16 +7,24 @@
 //! default: about 17% smaller than level 3 on whole days, bench/README.md). A day whose
 //! files are already one file is left as it is.
 //! Optimize removes files without changing data (`dataChange: false`) and appends never read
-//! what they add to, so Delta's conflict check lets both commit side by side. Only one
-//! maintenance task may run per table: two optimizes of the same files would both commit.
+//! what they add to, so Delta's conflict check lets both commit side by side. It also lets two
+//! optimizes of the same files both commit (each removes them and adds a copy: rows doubled),
+//! so maintenance runs only under the replica's lease ([`crate::lease`]), and each compaction
+//! records the holder's epoch as the Delta transaction `sluice:maintenance`: two compactions
+//! that overlap in time conflict on it, whichever consumers run them.
 
 use std::num::NonZeroU64;
 use std::time::Duration;
 
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
 use tokio_util::sync::CancellationToken;
+
+use crate::lease::{Fence, MAINTENANCE_APP_ID};
+use crate::replica::check_epoch;
 
 #[derive(Debug, Clone)]
 pub struct MaintenanceConfig {
@@ -51,12 +59,14 @@ pub struct MaintenanceReport {
     pub files_deleted: usize,
 }
 
-/// Compacts every closed partition, then vacuums.
+/// Compacts every closed partition, then vacuums, as the holder of `fence`.
 pub async fn maintain(
     table: DeltaTable,
     config: &MaintenanceConfig,
     today: chrono::NaiveDate,
+    fence: &Fence,
 ) -> Result<(DeltaTable, MaintenanceReport), DeltaTableError> {
+    check_epoch(&table, fence, MAINTENANCE_APP_ID).await?;
     let today = today.format("%Y-%m-%d").to_string();
     let closed = vec![(
         crate::schema::PARTITION_COLUMN,
@@ -70,7 +80,13 @@ pub async fn maintain(
         .with_target_size(NonZeroU64::new(config.target_file_bytes.max(1)).expect("at least 1"))
         .with_writer_properties(crate::replica::writer_properties(config.zstd_level)?)
         .with_max_concurrent_tasks(config.concurrency.max(1))
+        .with_commit_properties(CommitProperties::default().with_application_transaction(
+            Transaction::new(MAINTENANCE_APP_ID, fence.epoch() as i64),
+        ))
         .await?;
+    // Vacuum deletes only files no snapshot within the retention references, so it cannot lose
+    // rows; it still waits for the lease, to leave a table it no longer commits to alone.
+    check_epoch(&table, fence, MAINTENANCE_APP_ID).await?;
     let retention =
         chrono::Duration::from_std(config.retention).unwrap_or_else(|_| chrono::Duration::days(7));
     let (table, vacuumed) = table
@@ -87,8 +103,14 @@ pub async fn maintain(
     Ok((table, report))
 }
 
-/// Runs [`maintain`] every `config.interval` on its own handle of the table.
-pub async fn run(mut table: DeltaTable, config: MaintenanceConfig, shutdown: CancellationToken) {
+/// Runs [`maintain`] every `config.interval` on its own handle of the table, while `fence`'s
+/// lease holds.
+pub async fn run(
+    mut table: DeltaTable,
+    config: MaintenanceConfig,
+    fence: std::sync::Arc<Fence>,
+    shutdown: CancellationToken,
+) {
     let Some(interval) = config.interval else {
         return;
     };
@@ -96,13 +118,14 @@ pub async fn run(mut table: DeltaTable, config: MaintenanceConfig, shutdown: Can
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
             () = shutdown.cancelled() => return,
+            () = fence.lost().cancelled() => return,
         }
         if let Err(error) = table.update_state().await {
             tracing::warn!(%error, "maintenance cannot load the replica");
             continue;
         }
         let today = chrono::Utc::now().date_naive();
-        match maintain(table.clone(), &config, today).await {
+        match maintain(table.clone(), &config, today, &fence).await {
             Ok((updated, report)) => {
                 tracing::info!(?report, "replica compacted and vacuumed");
                 table = updated;

@@ -10,15 +10,17 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::RecordBatch;
 use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::schema::types::ColumnPath;
+use deltalake::protocol::DeltaOperation;
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use url::Url;
 
+use crate::lease::{COMMITTER_APP_ID, Fence, MAINTENANCE_APP_ID};
 use crate::schema::{PARTITION_COLUMN, delta_columns};
 
 /// zstd level of the Parquet files replication appends. Level 9 made files about 5% smaller than
@@ -43,6 +45,40 @@ pub fn writer_properties(zstd_level: i32) -> Result<WriterProperties, DeltaTable
             .set_column_encoding(path, Encoding::DELTA_BINARY_PACKED);
     }
     Ok(builder.build())
+}
+
+/// The version of the Delta transaction `app_id` that `table`'s loaded snapshot records.
+async fn transaction_version(
+    table: &DeltaTable,
+    app_id: &str,
+) -> Result<Option<u64>, DeltaTableError> {
+    let version = table
+        .snapshot()?
+        .transaction_version(table.log_store().as_ref(), app_id)
+        .await?;
+    Ok(version.map(|v| v.max(0) as u64))
+}
+
+/// Refuses a commit by the holder of `fence` onto `table`'s loaded snapshot when the lease is
+/// no longer its own, or when the snapshot records a newer lease epoch for `app_id` (the
+/// committer's or maintenance's transaction id): another consumer has taken over
+/// ([`crate::lease`]).
+pub async fn check_epoch(
+    table: &DeltaTable,
+    fence: &Fence,
+    app_id: &str,
+) -> Result<(), DeltaTableError> {
+    fence
+        .check()
+        .map_err(|lost| DeltaTableError::Generic(lost.to_string()))?;
+    match transaction_version(table, app_id).await? {
+        Some(recorded) if recorded > fence.epoch() => Err(DeltaTableError::Generic(format!(
+            "the replica records lease epoch {recorded} for {app_id}, newer than this \
+             consumer's {}: another consumer commits now",
+            fence.epoch()
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// A handle on the replica table.
@@ -85,27 +121,59 @@ impl Replica {
     /// The last batch sequence committed for `producer` (0 when none), as the latest loaded
     /// snapshot records it.
     pub async fn committed_sequence(&self, producer: &str) -> Result<u64, DeltaTableError> {
-        let snapshot = self.table.snapshot()?;
-        let version = snapshot
-            .transaction_version(self.table.log_store().as_ref(), producer)
+        Ok(self.transaction_version(producer).await?.unwrap_or(0))
+    }
+
+    async fn transaction_version(&self, app_id: &str) -> Result<Option<u64>, DeltaTableError> {
+        transaction_version(&self.table, app_id).await
+    }
+
+    /// A new lease holder's first commit: it records the holder's epoch for the committer and
+    /// for maintenance, and holds nothing else. Any commit that an earlier holder prepared on an
+    /// older snapshot now conflicts with it (both set the same transaction ids), and any it
+    /// prepares on a newer one is refused by [`check_epoch`].
+    pub async fn claim(&mut self, fence: &Fence) -> Result<u64, DeltaTableError> {
+        self.refresh().await?;
+        check_epoch(&self.table, fence, COMMITTER_APP_ID).await?;
+        check_epoch(&self.table, fence, MAINTENANCE_APP_ID).await?;
+        let epoch = fence.epoch() as i64;
+        let properties = CommitProperties::default().with_application_transactions(vec![
+            Transaction::new(COMMITTER_APP_ID, epoch),
+            Transaction::new(MAINTENANCE_APP_ID, epoch),
+        ]);
+        CommitBuilder::from(properties)
+            .build(
+                Some(self.table.snapshot()?),
+                self.table.log_store(),
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: None,
+                    predicate: None,
+                },
+            )
             .await?;
-        Ok(version.map_or(0, |v| v.max(0) as u64))
+        self.refresh().await?;
+        Ok(self.version())
     }
 
     /// Appends `batches` in one commit that also records, for each producer, the last batch
-    /// sequence the commit holds. Returns the new table version.
+    /// sequence the commit holds, and the committer's lease epoch (`fence`). Returns the new
+    /// table version.
     pub async fn append(
         &mut self,
         batches: Vec<RecordBatch>,
         last_sequences: &BTreeMap<String, u64>,
+        fence: &Fence,
     ) -> Result<u64, DeltaTableError> {
+        check_epoch(&self.table, fence, COMMITTER_APP_ID).await?;
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let transactions = last_sequences
+        let mut transactions: Vec<Transaction> = last_sequences
             .iter()
             .map(|(producer, sequence)| {
                 Transaction::new_with_last_update(producer, *sequence as i64, Some(now_ms))
             })
             .collect();
+        transactions.push(Transaction::new(COMMITTER_APP_ID, fence.epoch() as i64));
         let writer = writer_properties(REPLICA_ZSTD_LEVEL)?;
         let table = self
             .table

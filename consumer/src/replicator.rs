@@ -15,14 +15,24 @@
 //!
 //! A crash between writing Parquet and committing leaves unreferenced files (vacuum removes
 //! them) and unchanged versions, so the same segments are replicated again: never doubled,
-//! never skipped. The argument in full: `docs/replica.md`.
+//! never skipped.
+//!
+//! Across producers, a notification is one `(platform, id)`: a copy that another node stored
+//! (a client's retry there, or a re-send after its entry turned red) is dropped from the round
+//! when the table, or an earlier row of the round, holds it ([`crate::dedup`]). The argument in
+//! full: `docs/replica.md`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{DataType, Date32Type};
 use dashmap::DashMap;
+use deltalake::datafusion::prelude::{SessionContext, col, lit};
+use deltalake::datafusion::scalar::ScalarValue;
 use futures::{StreamExt, TryStreamExt};
 use sluice_core::master::MasterStore;
 use sluice_core::segment::Segment;
@@ -30,8 +40,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::dedup::{Day, SeenKeys};
+use crate::lease::Fence;
 use crate::replica::Replica;
-use crate::schema::to_record_batch;
+use crate::schema::{PARTITION_COLUMN, day_of, to_record_batch};
 
 /// When a round of replication runs.
 #[derive(Debug, Clone)]
@@ -46,6 +58,11 @@ pub struct ReplicatorConfig {
     pub list_interval: Duration,
     /// Segments read from the master store at once.
     pub read_concurrency: usize,
+    /// Days (before today, UTC) whose notification keys stay in memory between rounds. An older
+    /// day is loaded for a round that needs it and forgotten after the first round that does
+    /// not: exactly once holds at any age, this only decides what memory holds and what a late
+    /// row costs.
+    pub dedup_window_days: u32,
 }
 
 impl ReplicatorConfig {
@@ -56,6 +73,7 @@ impl ReplicatorConfig {
             max_age: Duration::from_millis(200),
             list_interval: Duration::from_secs(2),
             read_concurrency: 8,
+            dedup_window_days: 7,
         }
     }
 }
@@ -101,7 +119,11 @@ impl Progress {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RoundReport {
     pub segments: usize,
+    /// Rows committed.
     pub rows: usize,
+    /// Rows of the round's segments that were dropped: the table, or an earlier row of the
+    /// round, held their `(platform, id)`.
+    pub duplicates: usize,
     pub table_version: u64,
 }
 
@@ -111,10 +133,21 @@ pub struct Replicator {
     config: ReplicatorConfig,
     pending: BTreeMap<String, BTreeMap<u64, Pending>>,
     progress: Arc<Progress>,
+    seen: SeenKeys,
+    /// The table version whose rows `seen` holds for its days; `None` while a round changes
+    /// it, so that a round that fails between checking and committing leaves it to be reloaded.
+    seen_version: Option<u64>,
+    /// The lease this replicator commits under; it stops when the lease is lost.
+    fence: Arc<Fence>,
 }
 
 impl Replicator {
-    pub fn new(master: MasterStore, replica: Replica, config: ReplicatorConfig) -> Self {
+    pub fn new(
+        master: MasterStore,
+        replica: Replica,
+        config: ReplicatorConfig,
+        fence: Arc<Fence>,
+    ) -> Self {
         let progress = Arc::new(Progress::default());
         progress
             .table_version
@@ -125,7 +158,14 @@ impl Replicator {
             config,
             pending: BTreeMap::new(),
             progress,
+            seen: SeenKeys::new(),
+            seen_version: None,
+            fence,
         }
+    }
+
+    pub fn table(&self) -> &deltalake::DeltaTable {
+        self.replica.table()
     }
 
     pub fn progress(&self) -> Arc<Progress> {
@@ -133,18 +173,21 @@ impl Replicator {
     }
 
     /// Replicates as segments arrive until `shutdown`, then replicates what is waiting once
-    /// more before returning.
+    /// more before returning; returns at once, without that last round, when the lease is lost.
+    /// Gives the notices back, for the next term of this consumer.
     pub async fn run(
         mut self,
         mut notices: mpsc::UnboundedReceiver<SegmentNotice>,
         shutdown: CancellationToken,
-    ) {
+    ) -> mpsc::UnboundedReceiver<SegmentNotice> {
+        let lost = self.fence.lost().clone();
         let mut backoff = Duration::from_millis(100);
         while let Err(error) = self.list_master().await {
             tracing::warn!(%error, "cannot list the master store; retrying");
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => return notices,
+                () = lost.cancelled() => return notices,
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -154,6 +197,7 @@ impl Replicator {
             let deadline = self.oldest_ready().map(|since| since + self.config.max_age);
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                () = lost.cancelled() => return notices,
                 notice = notices.recv() => match notice {
                     Some(notice) => self.learn(notice).await,
                     None => break,
@@ -175,6 +219,7 @@ impl Replicator {
         if let Err(error) = self.replicate_ready().await {
             tracing::warn!(%error, "final replication round at shutdown failed");
         }
+        notices
     }
 
     /// Lists the master store and replicates every segment it holds that the table does not,
@@ -191,6 +236,7 @@ impl Replicator {
             }
             total.segments += round.segments;
             total.rows += round.rows;
+            total.duplicates += round.duplicates;
             total.table_version = round.table_version;
         }
     }
@@ -345,11 +391,58 @@ impl Replicator {
             );
             last_sequences.insert(producer.clone(), *sequence);
         }
-        let rows: usize = segments.iter().map(|s| s.records.len()).sum();
-        let batch = tokio::task::spawn_blocking(move || to_record_batch(&segments)).await??;
 
-        // 3. Rows and versions in one atomic commit.
-        let version = self.replica.append(vec![batch], &last_sequences).await?;
+        // 3. Drop the copies of notifications that the table or an earlier row holds. The index
+        //    must describe the table this round commits onto; any other commit (compaction, a
+        //    second committer) since it was loaded makes it reload.
+        let base_version = self.replica.version();
+        if self.seen_version != Some(base_version) {
+            self.seen.clear();
+        }
+        self.seen_version = None;
+        let days: BTreeSet<Day> = segments
+            .iter()
+            .flat_map(|segment| segment.records.iter().map(|n| day_of(n.occurred_at)))
+            .collect();
+        self.load_days(&days).await?;
+        let mut seen = std::mem::take(&mut self.seen);
+        let (batch, seen, duplicates) = tokio::task::spawn_blocking(move || {
+            let keep: BooleanArray = segments
+                .iter()
+                .flat_map(|segment| segment.records.iter())
+                .map(|n| Some(seen.insert(day_of(n.occurred_at), seen.key(&n.platform, &n.id))))
+                .collect();
+            let duplicates = keep.false_count();
+            let mut batch = to_record_batch(&segments)?;
+            if duplicates > 0 {
+                batch = filter_record_batch(&batch, &keep)?;
+            }
+            anyhow::Ok((batch, seen, duplicates))
+        })
+        .await??;
+        self.seen = seen;
+        let rows = batch.num_rows();
+
+        // 4. Rows and versions in one atomic commit.
+        let version = self
+            .replica
+            .append(vec![batch], &last_sequences, &self.fence)
+            .await?;
+        if version == base_version + 1 {
+            self.seen_version = Some(version);
+        }
+        let today = day_of(chrono::Utc::now().timestamp_micros());
+        self.seen.forget_days_before(
+            today.saturating_sub(self.config.dedup_window_days as i32),
+            &days,
+        );
+        if duplicates > 0 {
+            tracing::info!(
+                duplicates,
+                version,
+                "dropped notifications the replica holds"
+            );
+        }
         for (producer, sequence) in &last_sequences {
             self.progress.sequences.insert(producer.clone(), *sequence);
             if let Some(segments) = self.pending.get_mut(producer) {
@@ -364,8 +457,71 @@ impl Replicator {
         Ok(RoundReport {
             segments: chosen.len(),
             rows,
+            duplicates,
             table_version: version,
         })
+    }
+
+    /// Loads into the index the keys that the table holds for those of `days` it does not hold
+    /// yet: one scan of those day partitions, reading `platform` and `id` only.
+    async fn load_days(&mut self, days: &BTreeSet<Day>) -> anyhow::Result<()> {
+        let missing: Vec<Day> = days
+            .iter()
+            .copied()
+            .filter(|day| !self.seen.holds_day(*day))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let provider = self.replica.table().table_provider().await?;
+        let in_days = missing
+            .iter()
+            .map(|day| lit(ScalarValue::Date32(Some(*day))))
+            .collect();
+        let mut batches = SessionContext::new()
+            .read_table(provider)?
+            .filter(col(PARTITION_COLUMN).in_list(in_days, false))?
+            .select_columns(&[PARTITION_COLUMN, "platform", "id"])?
+            .execute_stream()
+            .await?;
+        for day in &missing {
+            self.seen.hold_day(*day);
+        }
+        let mut loaded = 0;
+        while let Some(batch) = batches.next().await {
+            loaded += self.insert_keys(&batch?)?;
+        }
+        tracing::info!(
+            days = missing.len(),
+            keys = loaded,
+            held = self.seen.len(),
+            heap_bytes = self.seen.heap_bytes(),
+            ms = started.elapsed().as_millis() as u64,
+            "loaded the replica's notification keys"
+        );
+        Ok(())
+    }
+
+    /// Adds the `(day, platform, id)` rows of `batch` to the index; returns how many.
+    fn insert_keys(&mut self, batch: &RecordBatch) -> anyhow::Result<usize> {
+        let as_utf8 = |i: usize| arrow::compute::cast(batch.column(i), &DataType::Utf8);
+        let day = arrow::compute::cast(batch.column(0), &DataType::Date32)?;
+        let (platform, id) = (as_utf8(1)?, as_utf8(2)?);
+        let (day, platform, id) = (
+            day.as_primitive::<Date32Type>(),
+            platform.as_string::<i32>(),
+            id.as_string::<i32>(),
+        );
+        anyhow::ensure!(
+            day.null_count() + platform.null_count() + id.null_count() == 0,
+            "the replica holds a row without a day, platform or id"
+        );
+        for row in 0..batch.num_rows() {
+            let key = self.seen.key(platform.value(row), id.value(row));
+            self.seen.insert(day.value(row), key);
+        }
+        Ok(batch.num_rows())
     }
 }
 

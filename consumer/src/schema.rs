@@ -21,6 +21,12 @@ pub const PARTITION_COLUMN: &str = "day";
 
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// The `day` partition of a notification that occurred at `occurred_at` (µs since the epoch):
+/// its UTC date, in days since 1970-01-01.
+pub fn day_of(occurred_at: i64) -> i32 {
+    occurred_at.div_euclid(MICROS_PER_DAY) as i32
+}
+
 fn timestamp() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
@@ -138,7 +144,7 @@ pub fn to_record_batch(segments: &[Segment]) -> Result<RecordBatch, arrow::error
             producer_id.append_value(&header.producer);
             batch_sequence.append_value(header.sequence as i64);
             batch_row.append_value(row as i32);
-            day.append_value(n.occurred_at.div_euclid(MICROS_PER_DAY) as i32);
+            day.append_value(day_of(n.occurred_at));
         }
     }
 

@@ -1,9 +1,12 @@
 //! The replicator against a real directory: exactly once across restarts, replays, stale
 //! committers, gaps and crashes between writing Parquet and committing; compaction.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use deltalake::datafusion::prelude::SessionContext;
+use sluice_consumer::lease::{Fence, LeaseStore};
 use sluice_consumer::maintenance::{MaintenanceConfig, maintain};
 use sluice_consumer::replica::Replica;
 use sluice_consumer::replicator::{Replicator, ReplicatorConfig, SegmentNotice};
@@ -11,6 +14,7 @@ use sluice_consumer::{open_replica, schema};
 use sluice_core::Notification;
 use sluice_core::master::MasterStore;
 use sluice_core::storage::{Storage, StorageUrl};
+use tokio_util::sync::CancellationToken;
 
 const DAY: i64 = 86_400_000_000;
 /// 2026-11-01T00:00:00Z
@@ -64,8 +68,12 @@ async fn write(master: &MasterStore, producer: &str, sequence: u64, rows: usize)
 
 async fn replicator(setup: &Setup) -> Replicator {
     let replica = open_replica(&setup.storage, "replica").await.unwrap();
-    let mut replicator =
-        Replicator::new(setup.master.clone(), replica, ReplicatorConfig::for_tests());
+    let mut replicator = Replicator::new(
+        setup.master.clone(),
+        replica,
+        ReplicatorConfig::for_tests(),
+        Fence::sole(),
+    );
     replicator.list_master().await.unwrap();
     replicator
 }
@@ -196,8 +204,12 @@ async fn parquet_written_but_not_committed_is_never_read() {
 async fn compaction_merges_closed_partitions_and_keeps_every_row() {
     let setup = setup().await;
     let replica = open_replica(&setup.storage, "replica").await.unwrap();
-    let mut replicator =
-        Replicator::new(setup.master.clone(), replica, ReplicatorConfig::for_tests());
+    let mut replicator = Replicator::new(
+        setup.master.clone(),
+        replica,
+        ReplicatorConfig::for_tests(),
+        Fence::sole(),
+    );
     // Six small commits, each touching two closed days.
     for sequence in 1..=6u64 {
         let mut rows: Vec<Notification> = records("prod-a", sequence, 20, 0).to_vec();
@@ -221,7 +233,7 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         concurrency: 1,
     };
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-    let (_, report) = maintain(replica.table().clone(), &config, today)
+    let (_, report) = maintain(replica.table().clone(), &config, today, &Fence::sole())
         .await
         .unwrap();
     assert_eq!(
@@ -281,7 +293,7 @@ async fn compacted_bytes(zstd_level: i32) -> (u64, i64) {
         ..sluice_consumer::Config::for_tests().maintenance()
     };
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-    let (table, report) = maintain(replica.table().clone(), &config, today)
+    let (table, report) = maintain(replica.table().clone(), &config, today, &Fence::sole())
         .await
         .unwrap();
     assert_eq!((report.files_removed, report.files_added), (4, 1));
@@ -338,4 +350,206 @@ async fn a_table_of_an_older_schema_gains_the_new_columns() {
     )
     .await;
     assert_eq!(english, vec![10]);
+}
+
+/// Notifications `n{i}` for `i` in `ids`, each at the same instant of `day_offset` whatever
+/// segment carries it: the copies a client's retry through another node makes.
+fn copies(ids: impl IntoIterator<Item = usize>, day_offset: i64) -> Vec<Notification> {
+    ids.into_iter()
+        .map(|i| Notification {
+            id: format!("n{i}"),
+            occurred_at: NOV_1 + day_offset * DAY + i as i64,
+            ..records("any", 0, 1, 0)[0].clone()
+        })
+        .collect()
+}
+
+async fn write_copies(
+    master: &MasterStore,
+    producer: &str,
+    sequence: u64,
+    rows: Vec<Notification>,
+) {
+    master
+        .write_segment(producer, sequence, Arc::from(rows))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_notification_stored_by_several_producers_is_replicated_once() {
+    let setup = setup().await;
+    // Node a stores n0..100; node b stores n50..150, n149 twice in one batch (a client that
+    // re-sent it inside another request). Both in one round.
+    write_copies(&setup.master, "prod-a", 1, copies(0..100, 0)).await;
+    write_copies(
+        &setup.master,
+        "prod-b",
+        1,
+        copies((50..150).chain([149]), 0),
+    )
+    .await;
+    let mut first = replicator(&setup).await;
+    let report = first.replicate_ready().await.unwrap();
+    assert_eq!((report.rows, report.duplicates), (150, 51), "{report:?}");
+    assert_eq!(count(&setup).await, (150, 150));
+
+    // A restarted consumer rebuilds its index from the table: b's later batch and node c's
+    // copies are dropped, a new day is kept.
+    write_copies(&setup.master, "prod-b", 2, copies(100..200, 0)).await;
+    let mut late = copies(0..10, 0);
+    late.extend(copies(1_000..1_010, 3));
+    write_copies(&setup.master, "prod-c", 1, late).await;
+    let mut second = replicator(&setup).await;
+    let report = second.replicate_ready().await.unwrap();
+    assert_eq!((report.rows, report.duplicates), (60, 60), "{report:?}");
+    assert_eq!(count(&setup).await, (210, 210));
+
+    // A compaction commits meanwhile: the index no longer describes the table it commits onto
+    // and is reloaded. A batch that holds only copies still records its producer's progress.
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let config = MaintenanceConfig {
+        concurrency: 1,
+        ..sluice_consumer::Config::for_tests().maintenance()
+    };
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let (compacted, _) = maintain(replica.table().clone(), &config, today, &Fence::sole())
+        .await
+        .unwrap();
+    assert!(
+        compacted.version() > replica.table().version(),
+        "compaction committed"
+    );
+    write_copies(&setup.master, "prod-d", 1, copies(0..10, 0)).await;
+    second.list_master().await.unwrap();
+    let report = second.replicate_ready().await.unwrap();
+    assert_eq!((report.rows, report.duplicates), (0, 10), "{report:?}");
+    assert_eq!(second.progress().replicated("prod-d"), 1);
+    assert_eq!(count(&setup).await, (210, 210));
+
+    // A replay of the master into a new table keeps the same notifications, once each.
+    let replayed = sluice_consumer::replay(
+        &setup.storage,
+        "replayed",
+        &sluice_consumer::Config::for_tests(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (replayed.rows, replayed.duplicates),
+        (210, 121),
+        "{replayed:?}"
+    );
+    let replica = open_replica(&setup.storage, "replayed").await.unwrap();
+    let keys =
+        "SELECT count(*) FROM (SELECT DISTINCT platform, id, occurred_at FROM notifications)";
+    assert_eq!(query(&replica, keys).await, vec![210]);
+}
+
+fn lease_store(setup: &Setup, holder: &str, ttl_ms: u64) -> LeaseStore {
+    LeaseStore::new(
+        setup.storage.store.clone(),
+        "replica",
+        holder.to_string(),
+        Duration::from_millis(ttl_ms),
+        true,
+    )
+}
+
+#[tokio::test]
+async fn a_standby_takes_the_lease_only_after_the_holder_stops_renewing() {
+    let setup = setup().await;
+    let never = CancellationToken::new();
+    let (a, b) = (lease_store(&setup, "a", 600), lease_store(&setup, "b", 600));
+    let lease_a = a.acquire(&never, None).await.unwrap().unwrap();
+    assert_eq!(lease_a.epoch(), 1);
+    let fence_a = lease_a.fence();
+    let stop_a = CancellationToken::new();
+    let keeping = tokio::spawn(lease_a.keep(stop_a.clone()));
+
+    // While a renews, b waits and gives up after its patience, naming the holder.
+    let refused = b
+        .acquire(&never, Some(Duration::from_millis(1_500)))
+        .await
+        .err()
+        .expect("a live holder keeps the lease");
+    assert!(
+        refused.to_string().contains("held by a (epoch 1)"),
+        "{refused}"
+    );
+    assert!(fence_a.check().is_ok());
+
+    // a dies without a word (its renewals stop): b takes over within about the lease's time,
+    // and a, had it only been paused, finds its fence expired and the newer epoch.
+    keeping.abort();
+    let stopped = Instant::now();
+    let lease_b = b.acquire(&never, None).await.unwrap().unwrap();
+    let waited = stopped.elapsed();
+    assert_eq!(lease_b.epoch(), 2);
+    assert!(
+        (Duration::from_millis(400)..Duration::from_millis(1_600)).contains(&waited),
+        "took over after {waited:?}"
+    );
+    assert!(fence_a.check().is_err(), "a stale holder must not commit");
+
+    // A clean release hands the lease over at once.
+    lease_b.release().await;
+    let released = Instant::now();
+    let lease_a = a.acquire(&never, None).await.unwrap().unwrap();
+    assert_eq!(lease_a.epoch(), 3);
+    assert!(released.elapsed() < Duration::from_millis(400));
+}
+
+/// Commits an empty batch as producer a's batch `sequence`, under `fence`.
+async fn append_as(
+    replica: &mut Replica,
+    fence: &Fence,
+    sequence: u64,
+) -> Result<u64, deltalake::DeltaTableError> {
+    replica
+        .append(
+            vec![schema::to_record_batch(&[]).unwrap()],
+            &BTreeMap::from([("prod-a".to_string(), sequence)]),
+            fence,
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_holder_that_lost_the_lease_cannot_commit_rows_or_compactions() {
+    let setup = setup().await;
+    let mut stale = open_replica(&setup.storage, "replica").await.unwrap();
+    let (old, new) = (Fence::fixed(1), Fence::fixed(2));
+    stale.claim(&old).await.unwrap();
+    append_as(&mut stale, &old, 1).await.unwrap();
+
+    // The new holder records epoch 2 while the old one still works on its older snapshot.
+    let mut current = open_replica(&setup.storage, "replica").await.unwrap();
+    current.claim(&new).await.unwrap();
+    let conflict = append_as(&mut stale, &old, 2).await.unwrap_err();
+    assert!(
+        conflict
+            .to_string()
+            .to_lowercase()
+            .contains("concurrent transaction"),
+        "{conflict}"
+    );
+    let config = sluice_consumer::Config::for_tests().maintenance();
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    // A compaction prepared on the old snapshot conflicts too, and once the old holder reloads
+    // the table it refuses before trying.
+    stale.refresh().await.unwrap();
+    let refused = append_as(&mut stale, &old, 2).await.unwrap_err();
+    assert!(refused.to_string().contains("lease epoch 2"), "{refused}");
+    let refused = maintain(stale.table().clone(), &config, today, &old)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("lease epoch 2"), "{refused}");
+
+    // The holder of epoch 2 commits; the table records producer a's sequence from epoch 1 only.
+    append_as(&mut current, &new, 2).await.unwrap();
+    maintain(current.table().clone(), &config, today, &new)
+        .await
+        .unwrap();
+    assert_eq!(current.committed_sequence("prod-a").await.unwrap(), 2);
 }

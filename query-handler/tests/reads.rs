@@ -76,6 +76,7 @@ async fn append(replica: &mut Replica, sequence: u64, records: Vec<Notification>
         .append(
             vec![to_record_batch(&[segment]).unwrap()],
             &BTreeMap::from([("test".to_string(), sequence)]),
+            &sluice_consumer::lease::Fence::sole(),
         )
         .await
         .unwrap();

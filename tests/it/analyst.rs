@@ -119,7 +119,10 @@ pub(crate) async fn load(
             .collect();
         let batch = to_record_batch(&segments).unwrap();
         let last = BTreeMap::from([(producer.to_string(), *chunk.last().unwrap())]);
-        replica.append(vec![batch], &last).await.unwrap();
+        replica
+            .append(vec![batch], &last, &sluice_consumer::lease::Fence::sole())
+            .await
+            .unwrap();
     }
 }
 

@@ -182,7 +182,10 @@ async fn load(replica: &mut Replica) -> usize {
         };
         let batch = to_record_batch(&[segment]).unwrap();
         let last = BTreeMap::from([(producer.to_string(), commit / 2 + 1)]);
-        replica.append(vec![batch], &last).await.unwrap();
+        replica
+            .append(vec![batch], &last, &sluice_consumer::lease::Fence::sole())
+            .await
+            .unwrap();
     }
     rows
 }

@@ -2,10 +2,12 @@
 //! HTTP on loopback, real gRPC between the services. One test binary, one module per concern.
 
 mod analyst;
+mod committer_failover;
 mod compose;
 mod differential;
 mod master_store;
 mod read_path;
 mod replica;
+mod scale_out;
 mod support;
 mod write_path;

@@ -165,6 +165,16 @@ impl Sluice {
         }
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
+    pub(crate) fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("process is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub(crate) fn terminate(&mut self) -> i32 {
         let mut child = self.child.take().expect("process is running");

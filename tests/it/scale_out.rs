@@ -1,0 +1,269 @@
+//! Several ingest nodes behind a load balancer: a notification is stored once in the replica
+//! whichever node each of its copies reached.
+//!
+//! Every service is its own `sluice` process on a real S3 server. The client is a platform
+//! behind a load balancer: it sends each batch to one node, retries a batch that failed on the
+//! other node, and re-sends 1% of its notifications later inside another batch (a balancer
+//! routes requests, not notifications). One ingest node is killed with SIGKILL mid-load.
+//! Before the consumer dropped copies stored by other producers, this run left each such copy
+//! in the replica twice (issue 15 measured 723 of 60,000).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use deltalake::arrow::array::AsArray;
+use deltalake::arrow::datatypes::Int64Type;
+use deltalake::datafusion::prelude::SessionContext;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use sluice_consumer::replica::Replica;
+use sluice_core::master::MasterStore;
+
+use crate::support::{
+    BUCKET, S3Server, Sluice, count_master, free_addr, notification, wait_for_port,
+};
+
+const TOTAL: usize = 20_000;
+const PER_BATCH: usize = 500;
+
+/// Notification `i`; every other one occurred in the last two days, so that both the days the
+/// consumer keeps in memory and older ones it reads back from the replica are exercised.
+fn dated_notification(i: usize) -> Value {
+    let mut n = notification(i);
+    if i.is_multiple_of(2) {
+        let at = chrono::Utc::now() - chrono::Duration::hours((i % 40) as i64);
+        n["occurred_at"] = Value::from(at.format("%Y-%m-%dT%H:00:00Z").to_string());
+    }
+    n
+}
+
+/// Sends `body` to `nodes[first]`, then to the other node after each failure, until a node
+/// answers 200 with every notification accepted or recognized as a duplicate.
+async fn send_until_acknowledged(
+    client: &reqwest::Client,
+    nodes: &[SocketAddr],
+    first: usize,
+    body: String,
+    retries: &AtomicUsize,
+) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for attempt in 0.. {
+        let node = nodes[(first + attempt) % nodes.len()];
+        let answer = client
+            .post(format!("http://{node}/v1/notifications?ack=durable"))
+            .header("content-type", "application/x-ndjson")
+            .body(body.clone())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await;
+        match answer {
+            Ok(response) if response.status() == 200 => {
+                let answer: Value = response.json().await.unwrap();
+                assert_eq!(answer["rejected"], serde_json::json!([]), "{answer}");
+                return;
+            }
+            Ok(response) if response.status().is_client_error() => panic!(
+                "unexpected {}: {}",
+                response.status(),
+                response.text().await.unwrap_or_default()
+            ),
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "a batch was never acknowledged");
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the replica records, for every producer in the master store, its last segment:
+/// everything acknowledged has been through the consumer.
+pub(crate) async fn wait_until_replicated(s3: &S3Server, consumer: &Sluice) -> Replica {
+    let master = MasterStore::new(s3.store(BUCKET));
+    let (url, options) = s3.table("replica");
+    let mut replica = Replica::open_or_create(url, options).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut last = BTreeMap::<String, u64>::new();
+        for segment in master.list_segments().await.unwrap() {
+            let entry = last.entry(segment.producer).or_default();
+            *entry = (*entry).max(segment.sequence);
+        }
+        replica.refresh().await.unwrap();
+        let mut behind = Vec::new();
+        for (producer, sequence) in &last {
+            let committed = replica.committed_sequence(producer).await.unwrap();
+            if committed < *sequence {
+                behind.push(format!("{producer}: {committed} of {sequence}"));
+            }
+        }
+        if behind.is_empty() {
+            return replica;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not replicated: {behind:?}\n{}",
+            consumer.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_through_another_node_are_stored_once() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET);
+    let dir = tempfile::tempdir().unwrap();
+    let (publisher_addr, consumer_addr) = (free_addr(), free_addr());
+    let nodes = [free_addr(), free_addr()];
+    let mut env = s3.env();
+    env.extend([
+        (
+            "SLUICE_PUBLISHER_ADDR".to_string(),
+            publisher_addr.to_string(),
+        ),
+        (
+            "SLUICE_CONSUMER_ADDR".to_string(),
+            consumer_addr.to_string(),
+        ),
+        ("SLUICE_REPLICATE_MAX_AGE_MS".to_string(), "300".to_string()),
+        ("SLUICE_LIST_INTERVAL_SECS".to_string(), "2".to_string()),
+    ]);
+    let node_env = |name: &str, addr: SocketAddr| {
+        let mut env = env.clone();
+        env.push(("SLUICE_NODE_ID".into(), name.into()));
+        env.push(("SLUICE_INGEST_ADDR".into(), addr.to_string()));
+        env
+    };
+    let _publisher = Sluice::spawn(&["publisher"], &env, dir.path(), "publisher");
+    let consumer = Sluice::spawn(&["consumer"], &env, dir.path(), "consumer");
+    let mut node_a = Sluice::spawn(&["ingest-api"], &node_env("a", nodes[0]), dir.path(), "a");
+    let node_b = Sluice::spawn(&["ingest-api"], &node_env("b", nodes[1]), dir.path(), "b");
+    for addr in [publisher_addr, consumer_addr] {
+        wait_for_port(addr, &consumer).await;
+    }
+    wait_for_port(nodes[0], &node_a).await;
+    wait_for_port(nodes[1], &node_b).await;
+
+    // 40 batches of 500; 1% of the notifications sent a second time inside a later batch.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut order: Vec<usize> = (0..TOTAL).collect();
+    order.shuffle(&mut rng);
+    let mut batches: Vec<Vec<usize>> = order.chunks(PER_BATCH).map(<[usize]>::to_vec).collect();
+    let mut resent = order.clone();
+    resent.shuffle(&mut rng);
+    resent.truncate(TOTAL / 100);
+    for &i in &resent {
+        let home = batches.iter().position(|b| b.contains(&i)).unwrap();
+        let later = rng.random_range(home..batches.len());
+        let later = if later == home {
+            (home + 1) % batches.len()
+        } else {
+            later
+        };
+        batches[later].push(i);
+    }
+    let bodies: Vec<String> = batches
+        .iter()
+        .map(|batch| {
+            let lines: Vec<String> = batch
+                .iter()
+                .map(|&i| dated_notification(i).to_string())
+                .collect();
+            lines.join("\n")
+        })
+        .collect();
+
+    let client = reqwest::Client::new();
+    let retries = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let queue = Arc::new(std::sync::Mutex::new(
+        bodies.into_iter().enumerate().collect::<Vec<_>>(),
+    ));
+    let mut senders = Vec::new();
+    for _ in 0..4 {
+        let (client, queue, retries, done) =
+            (client.clone(), queue.clone(), retries.clone(), done.clone());
+        senders.push(tokio::spawn(async move {
+            loop {
+                let Some((k, body)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
+                send_until_acknowledged(&client, &nodes, k % 2, body, &retries).await;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+
+    // kill -9 node a a third of the way in; it comes back a second later under the same name.
+    let batches_total = batches.len();
+    while done.load(Ordering::Relaxed) < batches_total / 3 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    node_a.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    node_a = Sluice::spawn(&["ingest-api"], &node_env("a", nodes[0]), dir.path(), "a-2");
+    wait_for_port(nodes[0], &node_a).await;
+    for sender in senders {
+        sender.await.unwrap();
+    }
+
+    let replica = wait_until_replicated(&s3, &consumer).await;
+    let master = count_master(&MasterStore::new(s3.store(BUCKET))).await;
+    let copies: usize = master.values().map(|n| n - 1).sum();
+    let expected: HashSet<(String, String)> = (0..TOTAL)
+        .map(|i| {
+            let n = notification(i);
+            (
+                n["platform"].as_str().unwrap().into(),
+                n["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let in_master: HashSet<(String, String)> = master.keys().cloned().collect();
+    assert_eq!(
+        in_master, expected,
+        "the master holds every acknowledged notification"
+    );
+    assert!(
+        copies > 0,
+        "the run stored some notification through two nodes (else it proves nothing)"
+    );
+
+    let ctx = SessionContext::new();
+    ctx.register_table(
+        "notifications",
+        replica.table().table_provider().await.unwrap(),
+    )
+    .unwrap();
+    let counts = ctx
+        .sql(
+            "SELECT count(*) AS total_rows, \
+             (SELECT count(*) FROM (SELECT DISTINCT platform, id FROM notifications)) AS keys \
+             FROM notifications",
+        )
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    let (rows, distinct) = (
+        counts[0].column(0).as_primitive::<Int64Type>().value(0),
+        counts[0].column(1).as_primitive::<Int64Type>().value(0),
+    );
+    eprintln!(
+        "scale-out: {TOTAL} sent, {} re-sent, {} retries, {copies} copies in the master, \
+         {rows} rows in the replica",
+        resent.len(),
+        retries.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        (rows, distinct),
+        (TOTAL as i64, TOTAL as i64),
+        "the replica holds every notification once ({copies} copies in the master)"
+    );
+    drop(node_b);
+}
