@@ -191,6 +191,18 @@ impl LeaseStore {
         }
     }
 
+    /// Whether `holder` is an earlier incarnation of this process: the same host and listening
+    /// address, another pid. This process has bound that address, so that one is gone, and a
+    /// restarted consumer need not wait out its own lease. (Were two machines to share a host
+    /// name, the other one would lose its lease early, and the Delta fence would still keep its
+    /// commits out.)
+    fn succeeds(&self, holder: &str) -> bool {
+        fn place(holder: &str) -> Option<&str> {
+            holder.rsplit_once(" pid ").map(|(place, _)| place)
+        }
+        place(&self.holder).is_some_and(|mine| place(holder) == Some(mine)) && holder != self.holder
+    }
+
     /// Waits until this process holds the lease, or `shutdown` fires (`None`). With `patience`,
     /// gives up when the holder is still alive after that long ([`LeaseError::Held`]).
     pub async fn acquire(
@@ -205,7 +217,9 @@ impl LeaseStore {
             let observed = self.observe().await?;
             let next = match &observed {
                 None => Some(1),
-                Some(seen) if seen.released() => Some(seen.epoch + 1),
+                Some(seen) if seen.released() || self.succeeds(&seen.holder) => {
+                    Some(seen.epoch + 1)
+                }
                 Some(seen) => match &unchanged_since {
                     Some((before, since)) if before == seen && since.elapsed() >= self.ttl => {
                         Some(seen.epoch + 1)

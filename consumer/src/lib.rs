@@ -211,14 +211,32 @@ impl Consumer for ConsumerService {
     }
 }
 
-/// The name this process gives itself in the lease: host (as `HOSTNAME` says, a pod's name on
-/// Kubernetes), listening address and pid.
+/// The name this process gives itself in the lease: host name (a pod's name on Kubernetes),
+/// listening address and pid. A consumer restarted on the same host and address takes over
+/// from its earlier incarnation at once ([`LeaseStore`]); one whose host has no name never does.
 fn holder_name(listener: &TcpListener) -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".into(), |addr| addr.to_string());
-    format!("{host} {addr} pid {}", std::process::id())
+    match host_name() {
+        Some(host) => format!("{host} {addr} pid {}", std::process::id()),
+        None => format!("consumer {addr} {}", uuid_like()),
+    }
+}
+
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|host| host.trim().to_string())
+        .filter(|host| !host.is_empty())
+}
+
+/// A name no other process takes: the pid and a random number.
+fn uuid_like() -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    format!("pid-{}-{random:016x}", std::process::id())
 }
 
 /// The replica's lease, for a consumer or `sluice maintain`: probes whether the store can fence
@@ -419,9 +437,9 @@ pub async fn maintain_once(
     config: &Config,
 ) -> anyhow::Result<maintenance::MaintenanceReport> {
     let holder = format!(
-        "sluice maintain on {} pid {}",
-        std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into()),
-        std::process::id()
+        "sluice maintain on {} {}",
+        host_name().unwrap_or_default(),
+        uuid_like()
     );
     let leases = lease_store(storage, config, holder).await?;
     // Long enough to tell a live holder from a dead one.
@@ -432,7 +450,7 @@ pub async fn maintain_once(
         .map_err(|error| {
             anyhow::anyhow!(
                 "{error}; the consumer that holds it compacts the replica itself \
-                 (--maintenance-interval-secs): stop it, or let it"
+                 (--maintenance-interval-secs); stop it first to run a pass by hand"
             )
         })?
         .ok_or_else(|| anyhow::anyhow!("interrupted while waiting for the replica's lease"))?;

@@ -500,6 +500,29 @@ async fn a_standby_takes_the_lease_only_after_the_holder_stops_renewing() {
     assert!(released.elapsed() < Duration::from_millis(400));
 }
 
+#[tokio::test]
+async fn a_consumer_restarted_on_its_host_and_address_takes_over_from_itself_at_once() {
+    let setup = setup().await;
+    let never = CancellationToken::new();
+    let before = lease_store(&setup, "host-1 127.0.0.1:7000 pid 10", 5_000);
+    let lease = before.acquire(&never, None).await.unwrap().unwrap();
+    assert_eq!(lease.epoch(), 1);
+    // Another address on that host is another consumer: it waits.
+    let neighbour = lease_store(&setup, "host-1 127.0.0.1:7001 pid 11", 5_000);
+    assert!(
+        neighbour
+            .acquire(&never, Some(Duration::from_millis(300)))
+            .await
+            .is_err()
+    );
+    // The same host and address under a new pid is the same consumer after a crash.
+    let started = Instant::now();
+    let after = lease_store(&setup, "host-1 127.0.0.1:7000 pid 12", 5_000);
+    let lease = after.acquire(&never, None).await.unwrap().unwrap();
+    assert_eq!(lease.epoch(), 2);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
 /// Commits an empty batch as producer a's batch `sequence`, under `fence`.
 async fn append_as(
     replica: &mut Replica,

@@ -48,7 +48,11 @@ pub struct Config {
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// Balanced over every query handler given.
     pub handler: QueryHandlerClient<Channel>,
+    /// One client per query handler given: a read whose handler is unavailable is tried on each
+    /// in turn, and a query's state is asked of each (only the handler that ran it knows it).
+    pub handlers: Arc<Vec<QueryHandlerClient<Channel>>>,
     pub http: reqwest::Client,
     pub ingest_urls: Arc<Vec<String>>,
     /// Which notification types create, edit, delete and restore a post.
@@ -79,8 +83,15 @@ pub fn handler_client(addr: &str) -> anyhow::Result<QueryHandlerClient<Channel>>
 }
 
 pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
+    let handlers = handler_addr
+        .split(',')
+        .map(str::trim)
+        .filter(|addr| !addr.is_empty())
+        .map(handler_client)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(AppState {
         handler: handler_client(handler_addr)?,
+        handlers: Arc::new(handlers),
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?,

@@ -8,7 +8,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use sluice_proto::v1::{ExecuteRequest, GetQueryRequest, PostEventsRequest, QueryReply};
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -26,6 +29,30 @@ pub struct QueryBody {
     detach: bool,
 }
 
+/// Runs `call` through the balanced client and, when the handler it reached is unavailable
+/// (down, restarting, or still loading the replica), on each handler in turn: reads are safe to
+/// repeat, and the first answer that is not UNAVAILABLE is the answer.
+async fn on_any_handler<T, F, Fut>(state: &AppState, call: F) -> Result<T, Status>
+where
+    F: Fn(QueryHandlerClient<Channel>) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    let first = call(state.handler.clone()).await;
+    match first {
+        Err(status) if status.code() == Code::Unavailable && state.handlers.len() > 1 => {
+            let mut last = status;
+            for handler in state.handlers.iter() {
+                match call(handler.clone()).await {
+                    Err(status) if status.code() == Code::Unavailable => last = status,
+                    answer => return answer,
+                }
+            }
+            Err(last)
+        }
+        answer => answer,
+    }
+}
+
 /// `POST /v1/query`.
 pub(crate) async fn post_query(
     State(state): State<AppState>,
@@ -40,15 +67,16 @@ pub(crate) async fn post_query(
     if body.sql.trim().is_empty() {
         return Err(ApiError::BadRequest("sql is empty".into()));
     }
-    let reply = state
-        .handler
-        .clone()
-        .execute(ExecuteRequest {
-            sql: body.sql,
-            detach: body.detach,
-        })
-        .await?
-        .into_inner();
+    let request = ExecuteRequest {
+        sql: body.sql,
+        detach: body.detach,
+    };
+    let reply = on_any_handler(&state, |mut handler| {
+        let request = request.clone();
+        async move { handler.execute(request).await }
+    })
+    .await?
+    .into_inner();
     render_reply(reply, format)
 }
 
@@ -64,13 +92,31 @@ pub(crate) async fn get_query(
     Query(params): Query<FormatParam>,
 ) -> Result<Response, ApiError> {
     let format = Format::parse(params.format.as_deref().unwrap_or("json"))?;
-    let reply = state
-        .handler
-        .clone()
-        .get_query(GetQueryRequest { query_id: id })
-        .await?
-        .into_inner();
-    render_reply(reply, format)
+    // Only the handler that ran the query remembers it: ask each. An unavailable one may be it,
+    // so "unavailable" wins over "not found".
+    let mut failure: Option<Status> = None;
+    for handler in state.handlers.iter() {
+        match handler
+            .clone()
+            .get_query(GetQueryRequest {
+                query_id: id.clone(),
+            })
+            .await
+        {
+            Ok(reply) => return render_reply(reply.into_inner(), format),
+            Err(status) => {
+                if failure
+                    .as_ref()
+                    .is_none_or(|f| f.code() != Code::Unavailable)
+                {
+                    failure = Some(status);
+                }
+            }
+        }
+    }
+    Err(failure
+        .unwrap_or_else(|| Status::not_found(format!("no query {id} is remembered")))
+        .into())
 }
 
 fn meta(reply: &QueryReply) -> Value {
@@ -200,11 +246,14 @@ async fn trail(
             }
         }
     });
-    let mut handler = state.handler.clone();
-    let replica_read = handler.post_events(PostEventsRequest {
+    let request = PostEventsRequest {
         platform: platform.to_string(),
         post_id: post_id.to_string(),
         as_of_micros: as_of,
+    };
+    let replica_read = on_any_handler(state, |mut handler| {
+        let request = request.clone();
+        async move { handler.post_events(request).await }
     });
     let (memory, replica) = futures::join!(futures::future::join_all(memory_reads), replica_read);
     let replica = replica?.into_inner();

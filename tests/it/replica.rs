@@ -203,9 +203,10 @@ async fn the_replica_holds_every_notification_exactly_once_through_consumer_cras
     assert_eq!(original.num_rows(), TOTAL);
     assert_same_rows(&original, &rebuilt, "replay");
 
-    // `sluice maintain` compacts the live replica's closed days (many small files each, from
-    // the consumer's rounds) into one file per day at the archival zstd level; the rows stay
-    // the same.
+    // `sluice maintain` compacts the replica's closed days (many small files each, from the
+    // consumer's rounds) into one file per day at the archival zstd level; the rows stay the
+    // same. It takes the replica's lease, which the consumer releases when it stops.
+    assert_eq!(consumer.terminate(), 0, "{}", consumer.log_text());
     let mut maintain = Sluice::spawn(&["maintain"], &s3.env(), dir.path(), "maintain");
     assert_eq!(maintain.wait(), 0, "{}", maintain.log_text());
     let log = maintain.log_text();

@@ -267,3 +267,113 @@ async fn retries_through_another_node_are_stored_once() {
     );
     drop(node_b);
 }
+
+/// Two query handlers behind one query API (a list of addresses): queries are answered by
+/// either, a detached query's state is found whichever handler ran it, and after a kill -9 of
+/// one handler every query is still answered, by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_query_handlers_answer_and_one_dying_fails_no_query() {
+    let s3 = S3Server::start().await;
+    s3.create_bucket(BUCKET);
+    let (url, options) = s3.table("replica");
+    let mut replica = Replica::open_or_create(url, options).await.unwrap();
+    crate::analyst::load(&mut replica, "generated", 1..4, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = [free_addr(), free_addr()];
+    let api = free_addr();
+    let mut env = s3.env();
+    env.push(("SLUICE_QUERY_ADDR".into(), api.to_string()));
+    env.push(("SLUICE_REPLICA_REFRESH_MS".into(), "100".into()));
+    let handler_env = |addr: SocketAddr| {
+        let mut env = env.clone();
+        env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), addr.to_string()));
+        env
+    };
+    let mut handler_processes = [
+        Sluice::spawn(
+            &["query-handler"],
+            &handler_env(handlers[0]),
+            dir.path(),
+            "h0",
+        ),
+        Sluice::spawn(
+            &["query-handler"],
+            &handler_env(handlers[1]),
+            dir.path(),
+            "h1",
+        ),
+    ];
+    let mut api_env = env.clone();
+    api_env.push((
+        "SLUICE_QUERY_HANDLER_ADDR".into(),
+        format!("{},{}", handlers[0], handlers[1]),
+    ));
+    let api_process = Sluice::spawn(&["query-api"], &api_env, dir.path(), "query-api");
+    for (addr, process) in handlers.iter().zip(&handler_processes) {
+        wait_for_port(*addr, process).await;
+    }
+    wait_for_port(api, &api_process).await;
+
+    let client = reqwest::Client::new();
+    let sql =
+        "SELECT platform, count(*) AS n FROM notifications GROUP BY platform ORDER BY platform";
+    let ask = |body: Value| crate::analyst::query(&client, api, body);
+    // Until both handlers have loaded the replica, one may answer 503; then every answer is
+    // the same.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = loop {
+        let (status, answer) = ask(serde_json::json!({ "sql": sql })).await;
+        if status == 200 {
+            break answer["rows"].clone();
+        }
+        assert!(
+            status == 503 && Instant::now() < deadline,
+            "{status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!expected.as_array().unwrap().is_empty());
+    // Each query differs (its LIMIT), so that no answer comes from a handler's cache.
+    let nth = |round: usize| format!("{sql} LIMIT {}", 1_000 + round);
+    for round in 0..20 {
+        let (status, answer) = ask(serde_json::json!({ "sql": nth(round) })).await;
+        assert_eq!(
+            (status.as_u16(), &answer["rows"]),
+            (200, &expected),
+            "round {round}"
+        );
+        // A detached query, asked back by id: the query API asks every handler.
+        let (status, detached) = ask(
+            serde_json::json!({ "sql": format!("{sql} LIMIT {}", 100 + round), "async": true }),
+        )
+        .await;
+        assert!(status == 202 || status == 200, "{status} {detached}");
+        let id = detached["query_id"].as_str().unwrap().to_string();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let state = crate::support::get_json(&format!("http://{api}/v1/queries/{id}")).await;
+            if state["state"] == "orange" {
+                assert_eq!(state["rows"], expected);
+                break;
+            }
+            assert!(
+                state["state"] == "yellow" && Instant::now() < deadline,
+                "{state}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    // kill -9 of one handler: every query is still answered, by the other.
+    handler_processes[0].kill9();
+    for round in 20..40 {
+        let (status, answer) = ask(serde_json::json!({ "sql": nth(round) })).await;
+        assert_eq!(
+            (status.as_u16(), &answer["rows"]),
+            (200, &expected),
+            "round {round} after the kill:\n{}",
+            api_process.log_text()
+        );
+    }
+    drop(handler_processes);
+}
