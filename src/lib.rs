@@ -20,7 +20,7 @@ pub mod cli;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use sluice_core::storage::{Storage, StorageUrl};
+use sluice_core::storage::{Storage, StorageUrl, retry_while_unreachable};
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_publisher::PublisherService;
 use tokio::net::TcpListener;
@@ -52,7 +52,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer_addr,
         } => {
             let listener = bind(&publisher.publisher_addr, "publisher").await?;
-            let service = open_publisher(&storage.storage, &consumer_addr.consumer_addr).await?;
+            let service =
+                open_publisher(&storage.storage, &consumer_addr.consumer_addr, &shutdown).await?;
             sluice_publisher::serve(listener, service, shutdown.cancelled_owned()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -77,7 +78,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query_handler,
         } => {
             let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
-            let storage = open_storage(&storage.storage).await?;
+            let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)
                 .await?;
             Ok(ExitCode::SUCCESS)
@@ -102,7 +103,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer,
         } => {
             let listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
-            let storage = open_storage(&storage.storage).await?;
+            let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_consumer::serve(listener, storage, consumer, shutdown).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -116,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "--to must name a new table, not the replica ({})",
                 consumer.replica_path
             );
-            let storage = open_storage(&storage.storage).await?;
+            let storage = open_storage(&storage.storage, &shutdown).await?;
             let report = sluice_consumer::replay(&storage, &to, &consumer).await?;
             tracing::info!(?report, to, "replay finished");
             println!(
@@ -126,7 +127,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Maintain { storage, consumer } => {
-            let storage = open_storage(&storage.storage).await?;
+            let storage = open_storage(&storage.storage, &shutdown).await?;
             let report = sluice_consumer::maintain_once(&storage, &consumer).await?;
             tracing::info!(
                 ?report,
@@ -157,7 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // the consumer replicates the last segments after the publisher stopped.
             let consumer_listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
             let consumer_addr = consumer_listener.local_addr()?.to_string();
-            let opened = open_storage(&storage.storage).await?;
+            let opened = open_storage(&storage.storage, &shutdown).await?;
             let replica_path = consumer.replica_path.clone();
             let consumer_stop = CancellationToken::new();
             let consumer_task = tokio::spawn(sluice_consumer::serve(
@@ -169,7 +170,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
             let publisher_listener = bind(&publisher.publisher_addr, "publisher").await?;
             let publisher_addr = publisher_listener.local_addr()?.to_string();
-            let service = open_publisher(&storage.storage, &consumer_addr).await?;
+            let service = open_publisher(&storage.storage, &consumer_addr, &shutdown).await?;
             let publisher_stop = CancellationToken::new();
             let publisher_task = tokio::spawn(sluice_publisher::serve(
                 publisher_listener,
@@ -182,7 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let handler_listener =
                 bind(&query_handler_addr.query_handler_addr, "query handler").await?;
             let handler_addr = handler_listener.local_addr()?.to_string();
-            let opened = open_storage(&storage.storage).await?;
+            let opened = open_storage(&storage.storage, &shutdown).await?;
             let handler_task = tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move {
@@ -248,19 +249,26 @@ async fn run_ingest(
     })
 }
 
-async fn open_storage(storage: &str) -> anyhow::Result<Storage> {
+/// Opens the storage, waiting for S3 while it does not answer (a service started during an
+/// outage comes up when S3 does, instead of exiting), until `shutdown`.
+async fn open_storage(storage: &str, shutdown: &CancellationToken) -> anyhow::Result<Storage> {
     let url: StorageUrl = storage.parse()?;
-    Storage::open(&url)
+    retry_while_unreachable("opening the storage", shutdown, || Storage::open(&url))
         .await
         .with_context(|| format!("cannot open storage {url}"))
 }
 
-async fn open_publisher(storage: &str, consumer_addr: &str) -> anyhow::Result<PublisherService> {
-    let storage = open_storage(storage).await?;
+async fn open_publisher(
+    storage: &str,
+    consumer_addr: &str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<PublisherService> {
+    let storage = open_storage(storage, shutdown).await?;
     let consumer = ConsumerClient::new(sluice_proto::lazy_channel(consumer_addr)?);
-    Ok(PublisherService::open(&storage)
-        .await?
-        .with_consumer(consumer))
+    let opened = retry_while_unreachable("probing the storage", shutdown, || {
+        PublisherService::open(&storage)
+    });
+    Ok(opened.await?.with_consumer(consumer))
 }
 
 async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {

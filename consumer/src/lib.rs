@@ -30,7 +30,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use sluice_core::master::{MasterStore, check_producer_id};
-use sluice_core::storage::Storage;
+use sluice_core::storage::{Storage, retry_while_unreachable};
 use sluice_proto::v1::consumer_server::{Consumer, ConsumerServer};
 use sluice_proto::v1::{
     ProgressRequest, ProgressResponse, SegmentStoredRequest, SegmentStoredResponse,
@@ -245,8 +245,12 @@ async fn lease_store(
     storage: &Storage,
     config: &Config,
     holder: String,
+    shutdown: &CancellationToken,
 ) -> anyhow::Result<LeaseStore> {
-    let fenced = storage.probe_put_if_absent().await?;
+    let fenced = retry_while_unreachable("probing the storage", shutdown, || {
+        storage.probe_put_if_absent()
+    })
+    .await?;
     if !fenced {
         tracing::warn!(
             storage = %storage.url,
@@ -274,7 +278,7 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let leases = lease_store(&storage, &config, holder_name(&listener)).await?;
+    let leases = lease_store(&storage, &config, holder_name(&listener), &shutdown).await?;
     let role = Arc::new(Role::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -441,7 +445,7 @@ pub async fn maintain_once(
         host_name().unwrap_or_default(),
         uuid_like()
     );
-    let leases = lease_store(storage, config, holder).await?;
+    let leases = lease_store(storage, config, holder, &CancellationToken::new()).await?;
     // Long enough to tell a live holder from a dead one.
     let patience = leases.ttl() + leases.ttl() / 2;
     let lease = leases

@@ -21,6 +21,10 @@ pub enum Error {
     #[error("bucket {bucket}: {message}")]
     Bucket { bucket: String, message: String },
 
+    /// The store did not answer (down, unreachable, timed out): trying again later may work.
+    #[error("bucket {bucket}: cannot reach: {message}")]
+    Unreachable { bucket: String, message: String },
+
     #[error("segment {path} is invalid: {reason}")]
     InvalidSegment { path: String, reason: String },
 
@@ -52,6 +56,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// Whether the store failed for a reason that passes by itself: it was unreachable, or a
+    /// request failed in transport or with a server error. Not: a refusal (permissions,
+    /// credentials), a missing object, a bad URL or bad data.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } => true,
+            Error::ObjectStore { source, .. } => {
+                matches!(source, object_store::Error::Generic { .. })
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn object_store(path: impl Into<String>, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound { path: path.into() },

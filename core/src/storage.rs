@@ -237,10 +237,45 @@ async fn ensure_bucket(bucket: &str) -> Result<()> {
                 ))),
             }
         }
+        // No answer from the service at all (connection refused or cut, timeout): transient.
+        Err(err) if err.as_service_error().is_none() && err.raw_response().is_none() => {
+            Err(Error::Unreachable {
+                bucket: bucket.to_string(),
+                message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+            })
+        }
         Err(err) => Err(fail(format!(
-            "cannot reach: {}",
+            "cannot check: {}",
             aws_sdk_s3::error::DisplayErrorContext(err)
         ))),
+    }
+}
+
+/// Runs `attempt` until it succeeds, fails for a reason that is not transient
+/// ([`Error::is_transient`]), or `shutdown` fires: a service started while S3 is down waits for
+/// it (backing off to one try every 5 s) instead of exiting.
+pub async fn retry_while_unreachable<T, F, Fut>(
+    what: &str,
+    shutdown: &tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut backoff = std::time::Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
+                tracing::warn!(%error, "{what}: the store does not answer; trying again");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = shutdown.cancelled() => return Err(error),
+                }
+                backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+            }
+            answer => return answer,
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod analyst;
 mod committer_failover;
 mod compose;
 mod differential;
+mod faults;
 mod master_store;
 mod read_path;
 mod replica;

@@ -32,7 +32,7 @@ const PER_BATCH: usize = 500;
 
 /// Notification `i`; every other one occurred in the last two days, so that both the days the
 /// consumer keeps in memory and older ones it reads back from the replica are exercised.
-fn dated_notification(i: usize) -> Value {
+pub(crate) fn dated_notification(i: usize) -> Value {
     let mut n = notification(i);
     if i.is_multiple_of(2) {
         let at = chrono::Utc::now() - chrono::Duration::hours((i % 40) as i64);
@@ -50,7 +50,7 @@ async fn send_until_acknowledged(
     body: String,
     retries: &AtomicUsize,
 ) {
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = Instant::now() + Duration::from_secs(300);
     for attempt in 0.. {
         let node = nodes[(first + attempt) % nodes.len()];
         let answer = client
@@ -76,6 +76,97 @@ async fn send_until_acknowledged(
         assert!(Instant::now() < deadline, "a batch was never acknowledged");
         retries.fetch_add(1, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A platform's load behind a load balancer: `total` notifications ([`dated_notification`]) in
+/// batches, 1% of them sent a second time inside a later batch, sent with `ack=durable` by
+/// several senders, batch `k` first to node `k % nodes`, then to the next node after each
+/// failure, until acknowledged.
+pub(crate) struct BalancedLoad {
+    bodies: Vec<String>,
+    /// Notifications sent twice on purpose.
+    pub(crate) resent: usize,
+    /// Batches acknowledged so far.
+    pub(crate) done: Arc<AtomicUsize>,
+    /// Failed attempts, each followed by a retry.
+    pub(crate) retries: Arc<AtomicUsize>,
+}
+
+impl BalancedLoad {
+    pub(crate) fn new(total: usize, per_batch: usize, seed: u64) -> Self {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut order: Vec<usize> = (0..total).collect();
+        order.shuffle(&mut rng);
+        let mut batches: Vec<Vec<usize>> = order.chunks(per_batch).map(<[usize]>::to_vec).collect();
+        let mut resent = order.clone();
+        resent.shuffle(&mut rng);
+        resent.truncate(total / 100);
+        for &i in &resent {
+            let home = batches.iter().position(|b| b.contains(&i)).unwrap();
+            let later = rng.random_range(home..batches.len());
+            let later = if later == home {
+                (home + 1) % batches.len()
+            } else {
+                later
+            };
+            batches[later].push(i);
+        }
+        let bodies = batches
+            .iter()
+            .map(|batch| {
+                let lines: Vec<String> = batch
+                    .iter()
+                    .map(|&i| dated_notification(i).to_string())
+                    .collect();
+                lines.join("\n")
+            })
+            .collect();
+        BalancedLoad {
+            bodies,
+            resent: resent.len(),
+            done: Arc::new(AtomicUsize::new(0)),
+            retries: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub(crate) fn batches(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// Sends every batch from `senders` concurrent clients; the task ends when all are
+    /// acknowledged.
+    pub(crate) fn send(
+        self,
+        nodes: Vec<SocketAddr>,
+        senders: usize,
+    ) -> tokio::task::JoinHandle<()> {
+        let client = reqwest::Client::new();
+        let nodes = Arc::new(nodes);
+        let queue = Arc::new(std::sync::Mutex::new(
+            self.bodies.into_iter().enumerate().collect::<Vec<_>>(),
+        ));
+        let tasks: Vec<_> = (0..senders)
+            .map(|_| {
+                let (client, nodes, queue) = (client.clone(), nodes.clone(), queue.clone());
+                let (retries, done) = (self.retries.clone(), self.done.clone());
+                tokio::spawn(async move {
+                    loop {
+                        let Some((k, body)) = queue.lock().unwrap().pop() else {
+                            return;
+                        };
+                        send_until_acknowledged(&client, &nodes, k % nodes.len(), body, &retries)
+                            .await;
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        tokio::spawn(async move {
+            for task in tasks {
+                task.await.unwrap();
+            }
+        })
     }
 }
 
@@ -149,57 +240,12 @@ async fn retries_through_another_node_are_stored_once() {
     wait_for_port(nodes[1], &node_b).await;
 
     // 40 batches of 500; 1% of the notifications sent a second time inside a later batch.
-    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
-    let mut order: Vec<usize> = (0..TOTAL).collect();
-    order.shuffle(&mut rng);
-    let mut batches: Vec<Vec<usize>> = order.chunks(PER_BATCH).map(<[usize]>::to_vec).collect();
-    let mut resent = order.clone();
-    resent.shuffle(&mut rng);
-    resent.truncate(TOTAL / 100);
-    for &i in &resent {
-        let home = batches.iter().position(|b| b.contains(&i)).unwrap();
-        let later = rng.random_range(home..batches.len());
-        let later = if later == home {
-            (home + 1) % batches.len()
-        } else {
-            later
-        };
-        batches[later].push(i);
-    }
-    let bodies: Vec<String> = batches
-        .iter()
-        .map(|batch| {
-            let lines: Vec<String> = batch
-                .iter()
-                .map(|&i| dated_notification(i).to_string())
-                .collect();
-            lines.join("\n")
-        })
-        .collect();
-
-    let client = reqwest::Client::new();
-    let retries = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let queue = Arc::new(std::sync::Mutex::new(
-        bodies.into_iter().enumerate().collect::<Vec<_>>(),
-    ));
-    let mut senders = Vec::new();
-    for _ in 0..4 {
-        let (client, queue, retries, done) =
-            (client.clone(), queue.clone(), retries.clone(), done.clone());
-        senders.push(tokio::spawn(async move {
-            loop {
-                let Some((k, body)) = queue.lock().unwrap().pop() else {
-                    return;
-                };
-                send_until_acknowledged(&client, &nodes, k % 2, body, &retries).await;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let load = BalancedLoad::new(TOTAL, PER_BATCH, 15);
+    let (resent, batches_total) = (load.resent, load.batches());
+    let (done, retries) = (load.done.clone(), load.retries.clone());
+    let senders = load.send(nodes.to_vec(), 4);
 
     // kill -9 node a a third of the way in; it comes back a second later under the same name.
-    let batches_total = batches.len();
     while done.load(Ordering::Relaxed) < batches_total / 3 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -207,9 +253,7 @@ async fn retries_through_another_node_are_stored_once() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     node_a = Sluice::spawn(&["ingest-api"], &node_env("a", nodes[0]), dir.path(), "a-2");
     wait_for_port(nodes[0], &node_a).await;
-    for sender in senders {
-        sender.await.unwrap();
-    }
+    senders.await.unwrap();
 
     let replica = wait_until_replicated(&s3, &consumer).await;
     let master = count_master(&MasterStore::new(s3.store(BUCKET))).await;
@@ -257,7 +301,7 @@ async fn retries_through_another_node_are_stored_once() {
     eprintln!(
         "scale-out: {TOTAL} sent, {} re-sent, {} retries, {copies} copies in the master, \
          {rows} rows in the replica",
-        resent.len(),
+        resent,
         retries.load(Ordering::Relaxed)
     );
     assert_eq!(

@@ -165,6 +165,13 @@ impl Sluice {
         }
     }
 
+    /// Whether the process has exited by itself (or was killed).
+    pub(crate) fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| child.try_wait().ok().flatten().is_some())
+    }
+
     /// Sends `signal` (`STOP`, `CONT`, ...) to the process.
     pub(crate) fn signal(&self, signal: &str) {
         let child = self.child.as_ref().expect("process is running");
@@ -431,4 +438,122 @@ where
         String::from_utf8_lossy(&output.stderr)
     );
     output.stdout
+}
+
+/// A TCP proxy on loopback in front of a server, that can make it slow or take it away: what an
+/// S3 outage and a slow S3 look like to the processes that use it.
+pub(crate) struct FaultProxy {
+    pub(crate) addr: SocketAddr,
+    faults: Arc<ProxyFaults>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ProxyFaults {
+    down: std::sync::atomic::AtomicBool,
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Bumped to cut every open connection.
+    cut: tokio::sync::watch::Sender<u64>,
+}
+
+impl FaultProxy {
+    pub(crate) async fn start(upstream: SocketAddr) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let faults = Arc::new(ProxyFaults::default());
+        let shared = faults.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    continue;
+                };
+                if shared.down.load(Ordering::Acquire) {
+                    drop(client);
+                    continue;
+                }
+                let faults = shared.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = client.set_nodelay(true);
+                    let _ = server.set_nodelay(true);
+                    let mut cut = faults.cut.subscribe();
+                    let (client_read, client_write) = client.into_split();
+                    let (server_read, server_write) = server.into_split();
+                    tokio::select! {
+                        _ = futures::future::join(
+                            pump(client_read, server_write, faults.clone()),
+                            pump(server_read, client_write, faults.clone()),
+                        ) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        FaultProxy { addr, faults, task }
+    }
+
+    /// Takes the server away: open connections are cut, new ones closed at once.
+    pub(crate) fn go_down(&self) {
+        self.faults.down.store(true, Ordering::Release);
+        self.faults.cut.send_modify(|generation| *generation += 1);
+    }
+
+    pub(crate) fn come_back(&self) {
+        self.faults.down.store(false, Ordering::Release);
+    }
+
+    /// Holds every chunk of bytes, either way, for `delay` before passing it on.
+    pub(crate) fn slow_down(&self, delay: Duration) {
+        self.faults
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Release);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.go_down();
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    faults: Arc<ProxyFaults>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        let delay = faults.delay_ms.load(Ordering::Acquire);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
+    }
+}
+
+impl S3Server {
+    /// The environment a `sluice` process needs to use this server through `proxy`.
+    pub(crate) fn env_through(&self, proxy: &FaultProxy) -> Vec<(String, String)> {
+        let mut env = self.env();
+        for (key, value) in &mut env {
+            if key == "AWS_ENDPOINT_URL" {
+                *value = format!("http://{}", proxy.addr);
+            }
+        }
+        env
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.endpoint.trim_start_matches("http://").parse().unwrap()
+    }
 }
