@@ -225,7 +225,11 @@ pub async fn serve(
     tracing::info!(?addr, "publisher listening");
     // Small acks must not wait for Nagle's algorithm.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The standard gRPC health service ("" is SERVING while the server runs): what a
+    // Kubernetes gRPC probe asks.
+    let (_, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        .add_service(health)
         .add_service(
             PublisherServer::new(service)
                 .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)

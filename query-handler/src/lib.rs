@@ -536,7 +536,11 @@ pub async fn serve(
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), storage = %storage.url, replica = replica_path, "query handler listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // The standard gRPC health service ("" is SERVING while the server runs): what a
+    // Kubernetes gRPC probe asks.
+    let (_, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
+        .add_service(health)
         .add_service(
             QueryHandlerServer::new(service)
                 .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)

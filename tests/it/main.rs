@@ -6,6 +6,7 @@ mod committer_failover;
 mod compose;
 mod differential;
 mod faults;
+mod k8s;
 mod master_store;
 mod read_path;
 mod replica;

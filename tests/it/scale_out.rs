@@ -223,10 +223,16 @@ async fn retries_through_another_node_are_stored_once() {
         ("SLUICE_REPLICATE_MAX_AGE_MS".to_string(), "300".to_string()),
         ("SLUICE_LIST_INTERVAL_SECS".to_string(), "2".to_string()),
     ]);
+    // The nodes find the publisher by name, as in Kubernetes (a headless Service): every
+    // address `localhost` resolves to, looked up again every few seconds.
     let node_env = |name: &str, addr: SocketAddr| {
         let mut env = env.clone();
         env.push(("SLUICE_NODE_ID".into(), name.into()));
         env.push(("SLUICE_INGEST_ADDR".into(), addr.to_string()));
+        env.push((
+            "SLUICE_PUBLISHER_ADDR".into(),
+            format!("dns://localhost:{}", publisher_addr.port()),
+        ));
         env
     };
     let _publisher = Sluice::spawn(&["publisher"], &env, dir.path(), "publisher");

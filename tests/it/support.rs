@@ -401,7 +401,10 @@ pub(crate) fn python() -> PathBuf {
             let ready = || {
                 python.exists()
                     && Command::new(&python)
-                        .args(["-c", "import deltalake, pyarrow, duckdb"])
+                        .args([
+                            "-c",
+                            "import deltalake, pyarrow, duckdb, kubernetes_validate",
+                        ])
                         .status()
                         .is_ok_and(|s| s.success())
             };
