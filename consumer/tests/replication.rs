@@ -576,3 +576,34 @@ async fn a_holder_that_lost_the_lease_cannot_commit_rows_or_compactions() {
         .unwrap();
     assert_eq!(current.committed_sequence("prod-a").await.unwrap(), 2);
 }
+
+#[tokio::test]
+async fn on_a_store_without_put_if_absent_a_second_consumer_refuses_to_run() {
+    let setup = setup().await;
+    let never = CancellationToken::new();
+    let unfenced = |holder: &str| {
+        LeaseStore::new(
+            setup.storage.store.clone(),
+            "replica",
+            holder.to_string(),
+            Duration::from_millis(600),
+            false,
+        )
+    };
+    let lease = unfenced("a").acquire(&never, None).await.unwrap().unwrap();
+    let stop = CancellationToken::new();
+    let keeping = tokio::spawn(lease.keep(stop.clone()));
+    let refused = unfenced("b")
+        .acquire(&never, None)
+        .await
+        .err()
+        .expect("a second committer must not run beside a live one");
+    assert!(
+        refused
+            .to_string()
+            .contains("refusing to run a second committer"),
+        "{refused}"
+    );
+    stop.cancel();
+    keeping.await.unwrap();
+}
