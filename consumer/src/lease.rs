@@ -10,19 +10,20 @@
 //!
 //! A standby watches the newest epoch and its beat. When neither has changed for `ttl` on the
 //! standby's own clock, counted from when it first saw them, the holder is taken for dead and
-//! the standby creates the next epoch. The holder, for its part, stops committing `ttl` minus a
-//! margin after the start of its last successful beat, and as soon as it sees a newer epoch. A
-//! standby first sees a beat after it was written, so the holder stops before any standby can
-//! take over. No clock is compared across machines; only the rates of two monotonic clocks, which
-//! the margin covers.
+//! the standby creates the next epoch. The holder, for its part, decides no new commit `ttl`
+//! minus a margin after the start of its last successful beat (a beat that lands after that is
+//! too late to count), and none once it sees a newer epoch. A standby first sees a beat after it
+//! was written, so the holder stops deciding before any standby can take over. No clock is
+//! compared across machines; only the rates of two monotonic clocks, which the margin covers.
 //!
-//! A pause (a stopped process, a long garbage-collection-like stall, a slow store) could still
-//! let a holder that lost its lease reach a commit it had already decided on. Delta fences that
-//! commit: every commit of the committer carries the Delta transaction `(sluice:committer,
-//! epoch)` (maintenance's carry `(sluice:maintenance, epoch)`), and a new holder's first commit
-//! records both with its epoch. Delta's conflict check refuses a commit whose transaction ids a
-//! concurrent winning commit also set, and a commit prepared on a snapshot that already records
-//! a newer epoch is refused before it is tried ([`crate::replica::Replica::check_epoch`]).
+//! Timing alone cannot stop a commit already under way: writing a round's Parquet files or a
+//! compaction can outlast the margin, and a pause (a stopped process, a frozen VM, a slow store)
+//! can come between the check and the commit. Delta fences such a commit: every commit of the
+//! committer carries the Delta transaction `(sluice:committer, epoch)` (maintenance's carry
+//! `(sluice:maintenance, epoch)`), and a new holder's first commit records both with its epoch.
+//! Delta's conflict check refuses a commit whose transaction ids a concurrent winning commit
+//! also set, and a commit prepared on a snapshot that already records a newer epoch is refused
+//! before it is tried ([`crate::replica::check_epoch`]).
 //!
 //! All of this needs a store that refuses the second creation of a key (put-if-absent). AWS S3,
 //! MinIO and directories do; a store that does not cannot fence, and there a consumer refuses to
@@ -186,19 +187,24 @@ impl LeaseStore {
             .await;
         match created {
             Ok(_) => Ok(true),
-            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            // A retried request whose first attempt created it: the epoch is ours.
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(self
+                .read(&path)
+                .await?
+                .is_some_and(|holder| holder == self.holder.as_bytes())),
             Err(source) => Err(Self::store_error(&path)(source)),
         }
     }
 
     /// Whether `holder` is an earlier incarnation of this process: the same host and listening
-    /// address, another pid. This process has bound that address, so that one is gone, and a
-    /// restarted consumer need not wait out its own lease. (Were two machines to share a host
-    /// name, the other one would lose its lease early, and the Delta fence would still keep its
-    /// commits out.)
+    /// address (the part before ` pid `), another process (the rest: pid and a random nonce, so
+    /// that a container's pid 1 restarted in place differs too). This process has bound that
+    /// address, so the earlier one no longer listens, and a restarted consumer need not wait
+    /// out its own lease. (One still shutting down may still commit, and two machines sharing a
+    /// host name would hand over early: the Delta fence keeps such commits out.)
     fn succeeds(&self, holder: &str) -> bool {
         fn place(holder: &str) -> Option<&str> {
-            holder.rsplit_once(" pid ").map(|(place, _)| place)
+            holder.split_once(" pid ").map(|(place, _)| place)
         }
         place(&self.holder).is_some_and(|mine| place(holder) == Some(mine)) && holder != self.holder
     }

@@ -219,7 +219,7 @@ fn holder_name(listener: &TcpListener) -> String {
         .local_addr()
         .map_or_else(|_| "?".into(), |addr| addr.to_string());
     match host_name() {
-        Some(host) => format!("{host} {addr} pid {}", std::process::id()),
+        Some(host) => format!("{host} {addr} pid {}", uuid_like()),
         None => format!("consumer {addr} {}", uuid_like()),
     }
 }
@@ -232,11 +232,11 @@ fn host_name() -> Option<String> {
         .filter(|host| !host.is_empty())
 }
 
-/// A name no other process takes: the pid and a random number.
+/// A name no other process takes: the pid and a random number (a container's pid is often 1).
 fn uuid_like() -> String {
     use std::hash::BuildHasher;
     let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
-    format!("pid-{}-{random:016x}", std::process::id())
+    format!("{}-{random:016x}", std::process::id())
 }
 
 /// The replica's lease, for a consumer or `sluice maintain`: probes whether the store can fence
@@ -278,7 +278,7 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let leases = lease_store(&storage, &config, holder_name(&listener), &shutdown).await?;
+    let holder = holder_name(&listener);
     let role = Arc::new(Role::default());
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -289,10 +289,10 @@ pub async fn serve(
         notices,
         role: role.clone(),
     };
-    let committing = tokio::spawn(commit_while_leased(
+    let mut committing = tokio::spawn(commit_while_leased(
         storage.clone(),
         config.clone(),
-        leases,
+        holder,
         Lifecycle {
             role,
             health,
@@ -302,16 +302,60 @@ pub async fn serve(
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), storage = %storage.url, replica = config.replica_path, "consumer listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let served = tonic::transport::Server::builder()
+    let serving = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(ConsumerServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned())
-        .await;
-    // The gRPC server only stops on shutdown or a transport error; either way, stop committing.
-    shutdown.cancel();
-    committing.await??;
-    served?;
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    // Whichever ends first ends the other: the gRPC server on shutdown or a transport error,
+    // the committing loop on an error it cannot get past (then the process exits, and its
+    // supervisor starts it again, rather than serving as a consumer that never commits).
+    tokio::select! {
+        served = serving => {
+            shutdown.cancel();
+            committing.await??;
+            served?;
+        }
+        committed = &mut committing => {
+            shutdown.cancel();
+            committed??;
+        }
+    }
     Ok(())
+}
+
+/// The task that renews a lease, stopped (and the lease released) by [`KeptLease::finish`], or
+/// aborted if dropped without it (the lease then expires, and a standby takes over).
+struct KeptLease {
+    done: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl KeptLease {
+    fn keep(lease: lease::Lease) -> Self {
+        let done = CancellationToken::new();
+        KeptLease {
+            task: Some(tokio::spawn(lease.keep(done.clone()))),
+            done,
+        }
+    }
+
+    /// Stops renewing; releases the lease unless it was lost.
+    async fn finish(mut self) {
+        self.done.cancel();
+        if let Some(task) = self.task.take()
+            && let Err(error) = task.await
+        {
+            tracing::warn!(%error, "the lease's renewal task failed");
+        }
+    }
+}
+
+impl Drop for KeptLease {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
 }
 
 /// What the committing loop tells the rest of the consumer.
@@ -327,7 +371,7 @@ struct Lifecycle {
 async fn commit_while_leased(
     storage: Storage,
     config: Config,
-    leases: LeaseStore,
+    holder: String,
     lifecycle: Lifecycle,
     mut notices: mpsc::UnboundedReceiver<SegmentNotice>,
 ) -> anyhow::Result<()> {
@@ -336,7 +380,11 @@ async fn commit_while_leased(
         health,
         shutdown,
     } = lifecycle;
+    // Probed here, not before listening: a consumer started while S3 is away answers its
+    // liveness probe while it waits for S3.
+    let leases = lease_store(&storage, &config, holder, &shutdown).await?;
     let mut backoff = Duration::from_millis(250);
+    let mut term_backoff = Duration::from_millis(250);
     loop {
         let lease = match leases.acquire(&shutdown, None).await {
             Ok(Some(lease)) => lease,
@@ -354,10 +402,10 @@ async fn commit_while_leased(
         };
         backoff = Duration::from_millis(250);
         let fence = lease.fence();
-        let lease_done = CancellationToken::new();
-        let keeping = tokio::spawn(lease.keep(lease_done.clone()));
+        let kept = KeptLease::keep(lease);
         match start_term(&storage, &config, fence.clone()).await {
             Ok(replicator) => {
+                term_backoff = Duration::from_millis(250);
                 // Notices that arrived while standing by were refused; any left are stale.
                 while notices.try_recv().is_ok() {}
                 role.set(Some(replicator.progress()));
@@ -375,18 +423,23 @@ async fn commit_while_leased(
                     .set_not_serving::<ConsumerServer<ConsumerService>>()
                     .await;
                 role.set(None);
-                maintaining.await?;
+                if let Err(error) = maintaining.await {
+                    tracing::error!(%error, "the maintenance task failed");
+                }
             }
-            Err(error) => tracing::warn!(%error, "cannot start committing under the lease"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot start committing under the lease");
+                // Each try takes a new epoch: do not churn through them.
+                term_backoff = (term_backoff * 2).min(Duration::from_secs(10));
+            }
         }
         // Released only after the last commit: a standby may take over from here on.
-        lease_done.cancel();
-        keeping.await?;
+        kept.finish().await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
         tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
+            () = tokio::time::sleep(term_backoff) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
     }

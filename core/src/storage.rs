@@ -238,16 +238,29 @@ async fn ensure_bucket(bucket: &str) -> Result<()> {
             }
         }
         // No answer from the service at all (connection refused or cut, timeout): transient.
-        Err(err) if err.as_service_error().is_none() && err.raw_response().is_none() => {
-            Err(Error::Unreachable {
-                bucket: bucket.to_string(),
-                message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
-            })
-        }
+        // Not a request that could not be built (no region, no credentials): that is config.
+        Err(err) if is_unreachable(&err) => Err(Error::Unreachable {
+            bucket: bucket.to_string(),
+            message: aws_sdk_s3::error::DisplayErrorContext(err).to_string(),
+        }),
         Err(err) => Err(fail(format!(
             "cannot check: {}",
             aws_sdk_s3::error::DisplayErrorContext(err)
         ))),
+    }
+}
+
+/// Whether an S3 call failed without an answer: the connection was refused or cut, or it timed
+/// out. Not a request that could not be made (no region, no credentials): that is config.
+fn is_unreachable<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> bool {
+    use aws_sdk_s3::error::SdkError;
+    match err {
+        SdkError::TimeoutError(_) => true,
+        SdkError::DispatchFailure(failure) => {
+            // "Other" is how a cut connection shows (hyper's incomplete message).
+            failure.is_io() || failure.is_timeout() || failure.is_other()
+        }
+        _ => false,
     }
 }
 
@@ -267,7 +280,7 @@ where
     loop {
         match attempt().await {
             Err(error) if error.is_transient() && !shutdown.is_cancelled() => {
-                tracing::warn!(%error, "{what}: the store does not answer; trying again");
+                tracing::warn!(%error, "{what} failed; trying again");
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
                     () = shutdown.cancelled() => return Err(error),

@@ -50,9 +50,9 @@ pub struct Config {
 pub struct AppState {
     /// Balanced over every query handler given.
     pub handler: QueryHandlerClient<Channel>,
-    /// One client per query handler given: a read whose handler is unavailable is tried on each
-    /// in turn, and a query's state is asked of each (only the handler that ran it knows it).
-    pub handlers: Arc<Vec<QueryHandlerClient<Channel>>>,
+    /// One client per query handler: a read whose handler is unavailable is tried on each in
+    /// turn, and a query's state is asked of each (only the handler that ran it knows it).
+    pub handlers: Arc<Handlers>,
     pub http: reqwest::Client,
     pub ingest_urls: Arc<Vec<String>>,
     /// Which notification types create, edit, delete and restore a post.
@@ -75,6 +75,83 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .with_state(state)
 }
 
+/// A client per query handler: the addresses of a list, or those a `dns://` name resolves to,
+/// looked up again every few seconds (a headless Kubernetes Service's ready pods).
+pub struct Handlers {
+    clients: std::sync::RwLock<Vec<(String, QueryHandlerClient<Channel>)>>,
+}
+
+impl Handlers {
+    pub fn new(handler_addr: &str) -> anyhow::Result<Arc<Self>> {
+        let handlers = Arc::new(Handlers {
+            clients: std::sync::RwLock::new(Vec::new()),
+        });
+        if let Some(name) = handler_addr.trim().strip_prefix("dns://") {
+            tokio::spawn(follow_dns(
+                name.trim_end_matches('/').to_string(),
+                Arc::downgrade(&handlers),
+            ));
+        } else {
+            let clients = handler_addr
+                .split(',')
+                .map(str::trim)
+                .filter(|addr| !addr.is_empty())
+                .map(|addr| Ok((addr.to_string(), handler_client(addr)?)))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            *handlers.write() = clients;
+        }
+        Ok(handlers)
+    }
+
+    /// The clients, one per handler known now.
+    pub fn all(&self) -> Vec<QueryHandlerClient<Channel>> {
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .map(|(_, client)| client.clone())
+            .collect()
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(String, QueryHandlerClient<Channel>)>> {
+        self.clients
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Keeps `handlers` to the addresses `name` resolves to, until they are dropped.
+async fn follow_dns(name: String, handlers: std::sync::Weak<Handlers>) {
+    loop {
+        let Some(current) = handlers.upgrade() else {
+            return;
+        };
+        match tokio::net::lookup_host(&name).await {
+            Ok(found) => {
+                let mut found: Vec<String> = found.map(|a| a.to_string()).collect();
+                found.sort();
+                found.dedup();
+                let mut clients = current.write();
+                let mut next = Vec::with_capacity(found.len());
+                for addr in found {
+                    let known = clients
+                        .iter()
+                        .find(|(a, _)| *a == addr)
+                        .map(|(_, c)| c.clone());
+                    match known.map_or_else(|| handler_client(&addr), Ok) {
+                        Ok(client) => next.push((addr, client)),
+                        Err(error) => tracing::warn!(%error, addr, "not a query handler address"),
+                    }
+                }
+                *clients = next;
+            }
+            Err(error) => tracing::warn!(%error, name, "cannot resolve the query handlers"),
+        }
+        drop(current);
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    }
+}
+
 /// A client for the query handler at `addr`.
 pub fn handler_client(addr: &str) -> anyhow::Result<QueryHandlerClient<Channel>> {
     Ok(QueryHandlerClient::new(sluice_proto::lazy_channel(addr)?)
@@ -83,15 +160,9 @@ pub fn handler_client(addr: &str) -> anyhow::Result<QueryHandlerClient<Channel>>
 }
 
 pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
-    let handlers = handler_addr
-        .split(',')
-        .map(str::trim)
-        .filter(|addr| !addr.is_empty())
-        .map(handler_client)
-        .collect::<anyhow::Result<Vec<_>>>()?;
     Ok(AppState {
         handler: handler_client(handler_addr)?,
-        handlers: Arc::new(handlers),
+        handlers: Handlers::new(handler_addr)?,
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
             .build()?,

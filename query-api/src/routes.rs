@@ -39,9 +39,9 @@ where
 {
     let first = call(state.handler.clone()).await;
     match first {
-        Err(status) if status.code() == Code::Unavailable && state.handlers.len() > 1 => {
+        Err(status) if status.code() == Code::Unavailable => {
             let mut last = status;
-            for handler in state.handlers.iter() {
+            for handler in state.handlers.all() {
                 match call(handler.clone()).await {
                     Err(status) if status.code() == Code::Unavailable => last = status,
                     answer => return answer,
@@ -95,9 +95,8 @@ pub(crate) async fn get_query(
     // Only the handler that ran the query remembers it: ask each. An unavailable one may be it,
     // so "unavailable" wins over "not found".
     let mut failure: Option<Status> = None;
-    for handler in state.handlers.iter() {
+    for mut handler in state.handlers.all() {
         match handler
-            .clone()
             .get_query(GetQueryRequest {
                 query_id: id.clone(),
             })

@@ -414,6 +414,43 @@ async fn several_query_handlers_answer_and_one_dying_fails_no_query() {
         }
     }
 
+    // A query API that finds its handler by name (`dns://`, as over a headless Kubernetes
+    // Service) runs a detached query and finds its state.
+    let named_api = free_addr();
+    let mut named_env = env.clone();
+    named_env.push(("SLUICE_QUERY_ADDR".into(), named_api.to_string()));
+    named_env.push((
+        "SLUICE_QUERY_HANDLER_ADDR".into(),
+        format!("dns://localhost:{}", handlers[1].port()),
+    ));
+    let named = Sluice::spawn(&["query-api"], &named_env, dir.path(), "query-api-dns");
+    wait_for_port(named_api, &named).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, detached) = crate::analyst::query(
+            &client,
+            named_api,
+            serde_json::json!({ "sql": format!("{sql} LIMIT 77"), "async": true }),
+        )
+        .await;
+        if status == 202 || status == 200 {
+            let id = detached["query_id"].as_str().unwrap();
+            let state = loop {
+                let state =
+                    crate::support::get_json(&format!("http://{named_api}/v1/queries/{id}")).await;
+                if state["state"] != "yellow" {
+                    break state;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            };
+            assert_eq!(state["rows"], expected, "{state}");
+            break;
+        }
+        // Until the name is resolved, there is no handler to ask.
+        assert!(Instant::now() < deadline, "{status} {detached}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // kill -9 of one handler: every query is still answered, by the other.
     handler_processes[0].kill9();
     for round in 20..40 {
