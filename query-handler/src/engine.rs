@@ -366,6 +366,17 @@ pub async fn plan(
         .verify_plan(&plan)
         .map_err(|e| QueryError::NotReadOnly(format!("only a read-only query is allowed: {e}")))?;
     let cacheable = !calls_changing_functions(&plan)?;
+    // The handler's scan gives the table its dictionary types from planning on, even when no
+    // scan runs (a filter no day passes plans an empty relation): a failure may be its doing,
+    // and the query must be able to run again without it.
+    if RuleSwitches::of(state.config_options()).dictionary_scan
+        && plan.exists(|node| {
+            Ok(matches!(node, LogicalPlan::TableScan(scan) if scan.table_name.table() == TABLE))
+        })?
+        && let Some(fired) = state.config().get_extension::<FiredRules>()
+    {
+        fired.record("dictionary_scan");
+    }
     let optimized = match state.optimize(&plan) {
         Err(DataFusionError::Context(rule, _)) if LEAF_PUSHDOWN_RULES.contains(&rule.as_str()) => {
             // DataFusion 55 can lose a map look-up's column when an outer join's side turns out
