@@ -27,9 +27,9 @@ use rand::{Rng, SeedableRng};
 use serde_json::json;
 use sluice_core::master::MasterStore;
 
-use crate::scale_out::{BalancedLoad, wait_until_replicated};
+use crate::scale_out::{BalancedLoad, assert_master_holds_all, wait_until_replicated};
 use crate::support::{
-    BUCKET, FaultProxy, S3Server, Sluice, count_master, free_addr, notification, wait_for_port,
+    BUCKET, FaultProxy, S3Server, Sluice, count_master, free_addr, wait_for_port,
 };
 
 /// One service process: how to start it again after a kill.
@@ -273,20 +273,7 @@ async fn run_faults(total: usize, kill_every: Duration, seed: u64) -> FaultRepor
     let consumer_slot = slots.iter().find(|s| s.name == "consumer-0").unwrap();
     let replica = wait_until_replicated(&s3, &consumer_slot.process).await;
     let master = count_master(&MasterStore::new(s3.store(BUCKET))).await;
-    let expected: HashSet<(String, String)> = (0..total)
-        .map(|i| {
-            let n = notification(i);
-            (
-                n["platform"].as_str().unwrap().into(),
-                n["id"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    let in_master: HashSet<(String, String)> = master.keys().cloned().collect();
-    assert_eq!(
-        in_master, expected,
-        "the master holds every acknowledged notification"
-    );
+    let expected = assert_master_holds_all(&master, total);
     let master_copies = master.values().map(|n| n - 1).sum();
 
     let ctx = deltalake::datafusion::prelude::SessionContext::new();

@@ -79,6 +79,29 @@ async fn send_until_acknowledged(
     }
 }
 
+/// Asserts that `master` (keys and their copies) holds notifications `0..total`, each at least
+/// once, and returns their keys.
+pub(crate) fn assert_master_holds_all(
+    master: &std::collections::HashMap<(String, String), usize>,
+    total: usize,
+) -> HashSet<(String, String)> {
+    let expected: HashSet<(String, String)> = (0..total)
+        .map(|i| {
+            let n = notification(i);
+            (
+                n["platform"].as_str().unwrap().into(),
+                n["id"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let in_master: HashSet<(String, String)> = master.keys().cloned().collect();
+    assert_eq!(
+        in_master, expected,
+        "the master holds every acknowledged notification"
+    );
+    expected
+}
+
 /// A platform's load behind a load balancer: `total` notifications ([`dated_notification`]) in
 /// batches, 1% of them sent a second time inside a later batch, sent with `ack=durable` by
 /// several senders, batch `k` first to node `k % nodes`, then to the next node after each
@@ -264,20 +287,7 @@ async fn retries_through_another_node_are_stored_once() {
     let replica = wait_until_replicated(&s3, &consumer).await;
     let master = count_master(&MasterStore::new(s3.store(BUCKET))).await;
     let copies: usize = master.values().map(|n| n - 1).sum();
-    let expected: HashSet<(String, String)> = (0..TOTAL)
-        .map(|i| {
-            let n = notification(i);
-            (
-                n["platform"].as_str().unwrap().into(),
-                n["id"].as_str().unwrap().into(),
-            )
-        })
-        .collect();
-    let in_master: HashSet<(String, String)> = master.keys().cloned().collect();
-    assert_eq!(
-        in_master, expected,
-        "the master holds every acknowledged notification"
-    );
+    assert_master_holds_all(&master, TOTAL);
     assert!(
         copies > 0,
         "the run stored some notification through two nodes (else it proves nothing)"
