@@ -52,7 +52,13 @@ async fn run(url: &str, scenario: &Scenario, first_id: usize) -> Outcome {
             })
             .collect(),
     );
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {}", support::TEST_KEY).parse().unwrap(),
+    );
     let client = reqwest::Client::builder()
+        .default_headers(headers)
         .pool_max_idle_per_host(scenario.concurrency)
         .build()
         .unwrap();

@@ -284,6 +284,7 @@ fn read_env(dir: &std::path::Path, handler: SocketAddr, api: SocketAddr) -> Vec<
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(support::auth_env())
     .collect()
 }
 
@@ -296,7 +297,7 @@ async fn wait_until_ready(
 ) {
     wait_for_port(handler_addr, handler).await;
     wait_for_port(api, api_process).await;
-    let client = reqwest::Client::new();
+    let client = support::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !analyst::query(&client, api, json!({"sql": "SELECT 1 AS one"}))
         .await

@@ -128,7 +128,7 @@ async fn main() {
     wait_for_port(ingest, &sluice).await;
 
     // Paced load: request i leaves at start + i / rate, whatever the answers do.
-    let client = reqwest::Client::new();
+    let client = support::client();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..requests {

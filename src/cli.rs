@@ -37,6 +37,8 @@ pub enum Command {
         query_handler: sluice_query_handler::Config,
         #[command(flatten)]
         query_api: QueryApiArgs,
+        #[command(flatten)]
+        auth: sluice_auth::AuthArgs,
     },
     /// The REST ingest API with its shared memory and batcher.
     #[command(name = "ingest-api")]
@@ -49,6 +51,8 @@ pub enum Command {
         query_handler_addr: QueryHandlerAddr,
         #[command(flatten)]
         ingest: IngestArgs,
+        #[command(flatten)]
+        auth: sluice_auth::AuthArgs,
     },
     /// The gRPC query handler: read-only SQL over the replica with DataFusion, and the result
     /// cache.
@@ -63,6 +67,8 @@ pub enum Command {
         replica_path: String,
         #[command(flatten)]
         query_handler: sluice_query_handler::Config,
+        #[command(flatten)]
+        cluster: sluice_auth::ClusterArgs,
     },
     /// The REST query API: SQL, query states, posts' state and audit trail.
     #[command(name = "query-api")]
@@ -71,6 +77,8 @@ pub enum Command {
         query_handler_addr: QueryHandlerAddr,
         #[command(flatten)]
         query_api: QueryApiArgs,
+        #[command(flatten)]
+        auth: sluice_auth::AuthArgs,
     },
     /// The gRPC publisher that writes batches to the master store.
     Publisher {
@@ -80,6 +88,8 @@ pub enum Command {
         publisher: PublisherAddr,
         #[command(flatten)]
         consumer_addr: ConsumerAddr,
+        #[command(flatten)]
+        cluster: sluice_auth::ClusterArgs,
     },
     /// The gRPC consumer that replicates master segments into the Parquet replica.
     Consumer {
@@ -89,6 +99,8 @@ pub enum Command {
         consumer_addr: ConsumerAddr,
         #[command(flatten)]
         consumer: sluice_consumer::Config,
+        #[command(flatten)]
+        cluster: sluice_auth::ClusterArgs,
     },
     /// Compacts the replica's closed days (rewriting them at the archival zstd level) and
     /// vacuums it once, on every core, then exits. The consumer does the same every
@@ -108,6 +120,16 @@ pub enum Command {
         to: String,
         #[command(flatten)]
         consumer: sluice_consumer::Config,
+    },
+    /// Makes a new API key: prints the key (give it to the client; it is not kept anywhere)
+    /// and the line for the keys file, which holds only the key's hash.
+    Key {
+        /// The key's name, as logs and refusals show it.
+        #[arg(long)]
+        name: String,
+        /// What it may do: write:<platform>, write:*, read, admin (comma-separated or repeated).
+        #[arg(long = "scope", value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
     },
 }
 

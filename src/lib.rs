@@ -18,8 +18,10 @@
 pub mod cli;
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
+use sluice_auth::Keys;
 use sluice_core::storage::{Storage, StorageUrl, retry_while_unreachable};
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_publisher::PublisherService;
@@ -50,7 +52,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             publisher,
             consumer_addr,
+            cluster,
         } => {
+            secure_grpc(&cluster, false)?;
             let listener = bind(&publisher.publisher_addr, "publisher").await?;
             let service =
                 open_publisher(&storage.storage, &consumer_addr.consumer_addr, &shutdown).await?;
@@ -62,21 +66,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer_addr,
             query_handler_addr,
             ingest,
+            auth,
         } => {
+            let keys = auth.load(false)?;
+            secure_grpc(&auth.cluster, false)?;
             let listener = bind(&ingest.ingest_addr, "ingest API").await?;
             let peers = Peers {
                 publisher: publisher.publisher_addr,
                 consumer: consumer_addr.consumer_addr,
                 query_handler: query_handler_addr.query_handler_addr,
             };
-            run_ingest(listener, ingest.config, &peers, shutdown).await
+            run_ingest(listener, ingest.config, &peers, keys, shutdown).await
         }
         Command::QueryHandler {
             storage,
             query_handler_addr,
             replica_path,
             query_handler,
+            cluster,
         } => {
+            secure_grpc(&cluster, false)?;
             let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)
@@ -86,12 +95,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::QueryApi {
             query_handler_addr,
             query_api,
+            auth,
         } => {
+            let keys = auth.load(false)?;
+            secure_grpc(&auth.cluster, false)?;
             let listener = bind(&query_api.query_addr, "query API").await?;
             sluice_query_api::serve(
                 listener,
                 query_api.config,
                 &query_handler_addr.query_handler_addr,
+                keys,
                 shutdown,
             )
             .await?;
@@ -101,7 +114,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             consumer_addr,
             consumer,
+            cluster,
         } => {
+            secure_grpc(&cluster, false)?;
             let listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_consumer::serve(listener, storage, consumer, shutdown).await?;
@@ -123,6 +138,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!(
                 "replayed {} segments, {} rows into {to} (table version {})",
                 report.segments, report.rows, report.table_version
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Key { name, scopes } => {
+            let key = sluice_auth::new_key();
+            let line = sluice_auth::key_line(&name, &scopes.join(","), &key)
+                .map_err(anyhow::Error::msg)?;
+            println!("key:  {key}");
+            println!("line: {line}");
+            eprintln!(
+                "Give the key to its client (`Authorization: Bearer <key>`); it is not kept anywhere. \
+                 Add the line to the keys file (--keys-file) or SLUICE_KEYS of every ingest and query API."
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -152,7 +179,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             consumer,
             query_handler,
             mut query_api,
+            auth,
         } => {
+            // On your own machine's directory, `sluice all` may run open; on S3 it may not.
+            let local = matches!(storage.storage.parse()?, StorageUrl::Local(_));
+            let keys = auth.load(local)?;
+            // Its services are all in this process: a secret of its own closes their ports to
+            // everyone else, unless one is given for services started elsewhere.
+            secure_grpc(&auth.cluster, true)?;
             // Start-up runs downstream first, shutdown upstream first: the ingest API stops
             // accepting and stores its gray notifications while the publisher still runs, and
             // the consumer replicates the last segments after the publisher stopped.
@@ -205,11 +239,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let query_listener = bind(&query_api.query_addr, "query API").await?;
             let query_api_task = tokio::spawn({
                 let (handler_addr, shutdown) = (handler_addr.clone(), shutdown.clone());
+                let keys = keys.clone();
                 async move {
                     sluice_query_api::serve(
                         query_listener,
                         query_api.config,
                         &handler_addr,
+                        keys,
                         shutdown,
                     )
                     .await
@@ -221,7 +257,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 consumer: consumer_addr,
                 query_handler: handler_addr,
             };
-            let code = run_ingest(ingest_listener, ingest.config, &peers, shutdown.clone()).await;
+            let code = run_ingest(
+                ingest_listener,
+                ingest.config,
+                &peers,
+                keys,
+                shutdown.clone(),
+            )
+            .await;
             // The read side stops with the ingest API, also when that failed to start.
             shutdown.cancel();
             query_api_task.await??;
@@ -235,13 +278,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Sets this process's cluster secret, which its gRPC services require and its clients send.
+fn secure_grpc(cluster: &sluice_auth::ClusterArgs, make_one: bool) -> anyhow::Result<()> {
+    if let Some(secret) = cluster.secret(make_one)? {
+        sluice_proto::cluster::set_secret(&secret).map_err(anyhow::Error::msg)?;
+    }
+    Ok(())
+}
+
 async fn run_ingest(
     listener: TcpListener,
     config: sluice_ingest_api::Config,
     peers: &Peers,
+    keys: Arc<Keys>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<ExitCode> {
-    let report = sluice_ingest_api::serve(listener, config, peers, shutdown).await?;
+    let report = sluice_ingest_api::serve(listener, config, peers, keys, shutdown).await?;
     Ok(if report.lost == 0 {
         ExitCode::SUCCESS
     } else {

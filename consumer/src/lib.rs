@@ -304,7 +304,7 @@ pub async fn serve(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let serving = tonic::transport::Server::builder()
         .add_service(health_service)
-        .add_service(ConsumerServer::new(service))
+        .add_service(sluice_proto::cluster::guarded(ConsumerServer::new(service)))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     // Whichever ends first ends the other: the gRPC server on shutdown or a transport error,
     // the committing loop on an error it cannot get past (then the process exits, and its

@@ -9,6 +9,7 @@
 //!   publisher batch with a checksum over its rows.
 //! - [`master`]: the master store itself, segments keyed by (producer, sequence) and written
 //!   put-if-absent, so that a retried batch can never be stored twice.
+//! - [`producer`]: a producer's id and the secret that proves a caller owns it.
 //!
 //! Data moves: ingest-api parses and validates a [`Notification`], keeps it gray in shared memory,
 //! and sends it in a batch to the publisher, which writes it with [`master::MasterStore`].
@@ -17,6 +18,7 @@ pub mod color;
 pub mod error;
 pub mod master;
 pub mod notification;
+pub mod producer;
 pub mod segment;
 pub mod storage;
 

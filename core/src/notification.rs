@@ -141,7 +141,7 @@ impl Notification {
     /// Checks every bound of the contract. Records that arrive by another road than JSON (a
     /// gRPC Append) pass through here too, so no store ever holds an out-of-bounds record.
     pub fn validate(&self) -> Result<(), String> {
-        check_key("platform", &self.platform, limits::PLATFORM)?;
+        check_platform(&self.platform)?;
         check_key("id", &self.id, limits::ID)?;
         check_key("type", &self.kind, limits::TYPE)?;
         for (field, value) in [
@@ -268,6 +268,23 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// The rule a platform's name follows wherever it is named (a notification, an API key's
+/// scope): 1 to 64 of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.'. Analysts group by
+/// it and keys are scoped by it, so `../../etc` or a name with spaces has no place in it.
+pub fn check_platform(platform: &str) -> Result<(), String> {
+    check_key("platform", platform, limits::PLATFORM)?;
+    if platform.starts_with('.')
+        || !platform
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return Err(format!(
+            "`platform` {platform:?} may hold only A-Z, a-z, 0-9, '.', '_' and '-', and may not start with '.'"
+        ));
+    }
+    Ok(())
+}
+
 /// A key-like field: non-empty, bounded, and free of control characters (they would corrupt
 /// logs, paths and terminals downstream).
 fn check_key(field: &str, value: &str, max: usize) -> Result<(), String> {
@@ -341,6 +358,14 @@ mod tests {
             (
                 r#"{"platform":"","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,
                 "`platform` must not be empty",
+            ),
+            (
+                r#"{"platform":"../../etc","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                "may hold only A-Z",
+            ),
+            (
+                r#"{"platform":"my platform","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                "may hold only A-Z",
             ),
             (
                 r#"{"platform":"p\u0000","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,

@@ -16,12 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::Notification;
+use sluice_core::producer::ProducerIdentity;
+use sluice_proto::Channel;
 use sluice_proto::v1;
 use sluice_proto::v1::publisher_client::PublisherClient;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::green::DurableBatch;
 use crate::memory::SharedMemory;
@@ -49,7 +50,7 @@ pub struct Batcher {
     memory: Arc<SharedMemory>,
     /// Where stored batches go to wait for the replica.
     durable: mpsc::UnboundedSender<DurableBatch>,
-    producer_id: String,
+    producer: ProducerIdentity,
     next_sequence: u64,
     limits: BatchLimits,
 }
@@ -65,7 +66,7 @@ impl Batcher {
         publisher: PublisherClient<Channel>,
         memory: Arc<SharedMemory>,
         durable: mpsc::UnboundedSender<DurableBatch>,
-        producer_id: String,
+        producer: ProducerIdentity,
         limits: BatchLimits,
     ) -> Self {
         Batcher {
@@ -73,7 +74,7 @@ impl Batcher {
             publisher,
             memory,
             durable,
-            producer_id,
+            producer,
             next_sequence: 1,
             limits,
         }
@@ -145,9 +146,10 @@ impl Batcher {
         // Built from the batch on each attempt: a retry re-converts, the usual single attempt
         // converts once and copies nothing more.
         let message = || v1::AppendRequest {
-            producer_id: self.producer_id.clone(),
+            producer_id: self.producer.id.clone(),
             sequence,
             notifications: batch.iter().map(|n| v1::Notification::from(&**n)).collect(),
+            producer_proof: self.producer.proof.clone(),
         };
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0u32;

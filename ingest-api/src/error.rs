@@ -32,6 +32,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No key, an unknown key, or a key whose scope does not cover the call.
+    #[error(transparent)]
+    Auth(#[from] sluice_auth::AuthError),
 }
 
 impl ApiError {
@@ -45,12 +48,16 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Auth(error) => error.status(),
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Auth(error) = self {
+            return error.into_response();
+        }
         let status = self.status();
         let message = match &self {
             ApiError::Internal(detail) => {

@@ -14,11 +14,11 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use sluice_core::Notification;
+use sluice_proto::Channel;
 use sluice_proto::v1::ProgressRequest;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 
 use crate::memory::SharedMemory;
 

@@ -10,8 +10,14 @@
 //!   them green, and evicts green entries after a TTL (they turn red).
 //! - [`error`]: the one mapping from errors to HTTP answers.
 //!
+//! Every endpoint but the probes needs an API key ([`sluice_auth`]) unless auth is off: a
+//! write needs `write:<platform>` for every notification it carries, so one platform's key can
+//! neither write another's notifications nor squat their ids.
+//!
 //! Each process is one producer: its id (`<node-id>-<uuid v7>`) is new at every start, so the
-//! master keys of two incarnations can never collide, and its batch sequence starts at 1.
+//! master keys of two incarnations can never collide, and its batch sequence starts at 1. The
+//! uuid commits to a secret that only this process knows and sends with each Append, so no
+//! other caller can append under its id ([`sluice_core::producer`]).
 
 pub mod batcher;
 pub mod body;
@@ -24,9 +30,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
+use sluice_auth::Keys;
 use sluice_core::Notification;
+use sluice_core::producer::ProducerIdentity;
+use sluice_proto::Channel;
 use sluice_proto::v1::RecentKeysRequest;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_client::PublisherClient;
@@ -34,7 +43,6 @@ use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tower_http::trace::TraceLayer;
 
 use crate::batcher::{BatchLimits, Batcher, BatcherReport};
@@ -120,6 +128,14 @@ pub struct AppState {
     /// Where a notification that is no longer in memory (red) is looked up.
     pub query_handler: QueryHandlerClient<Channel>,
     pub producer_id: Arc<str>,
+    /// The API keys calls are checked against (open when auth is off).
+    pub keys: Arc<Keys>,
+}
+
+impl FromRef<AppState> for Arc<Keys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -150,15 +166,15 @@ pub fn publisher_client(addr: &str) -> anyhow::Result<PublisherClient<Channel>> 
         .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES))
 }
 
-/// A fresh producer id for this process: `<node-id>-<uuid v7>`.
-pub fn new_producer_id(node_id: &str) -> anyhow::Result<String> {
-    let id = format!("{node_id}-{}", uuid::Uuid::now_v7().simple());
-    sluice_core::master::check_producer_id(&id).map_err(|_| {
+/// A fresh producer for this process: `<node-id>-<uuid v7>`, and the proof of owning it.
+pub fn new_producer(node_id: &str) -> anyhow::Result<ProducerIdentity> {
+    let producer = ProducerIdentity::new(node_id);
+    sluice_core::master::check_producer_id(&producer.id).map_err(|_| {
         anyhow::anyhow!(
             "--node-id {node_id:?} must be 1 to 31 characters of A-Z, a-z, 0-9, '.', '_' or '-'"
         )
     })?;
-    Ok(id)
+    Ok(producer)
 }
 
 /// The background work behind the handlers: both must run for writes to be answered.
@@ -176,9 +192,14 @@ pub struct Peers {
 }
 
 /// Builds the handlers' state and the workers that serve it.
-pub fn build(config: Config, peers: &Peers) -> anyhow::Result<(AppState, Workers)> {
+pub fn build(
+    config: Config,
+    peers: &Peers,
+    keys: Arc<Keys>,
+) -> anyhow::Result<(AppState, Workers)> {
     let (publisher_addr, consumer_addr) = (peers.publisher.as_str(), peers.consumer.as_str());
-    let producer_id = new_producer_id(&config.node_id)?;
+    let producer = new_producer(&config.node_id)?;
+    let producer_id = producer.id.clone();
     let publisher = publisher_client(publisher_addr)?;
     let consumer = ConsumerClient::new(sluice_proto::lazy_channel(consumer_addr)?);
     let memory = Arc::new(SharedMemory::new(config.memory_bytes));
@@ -204,7 +225,7 @@ pub fn build(config: Config, peers: &Peers) -> anyhow::Result<(AppState, Workers
         publisher.clone(),
         memory.clone(),
         durable,
-        producer_id.clone(),
+        producer,
         limits,
     );
     let query_handler = QueryHandlerClient::new(sluice_proto::lazy_channel(&peers.query_handler)?)
@@ -217,6 +238,7 @@ pub fn build(config: Config, peers: &Peers) -> anyhow::Result<(AppState, Workers
         publisher,
         query_handler,
         producer_id: producer_id.into(),
+        keys,
     };
     Ok((state, Workers { batcher, green }))
 }
@@ -290,10 +312,11 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     peers: &Peers,
+    keys: Arc<Keys>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<BatcherReport> {
     let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
-    let (state, workers) = build(config, peers)?;
+    let (state, workers) = build(config, peers, keys)?;
     let abandon = CancellationToken::new();
     let batcher = tokio::spawn(workers.batcher.run(abandon.clone()));
     // The tracker runs until the last request has been answered: ack=replicated waits on it.

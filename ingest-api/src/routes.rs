@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sluice_auth::Caller;
 use sluice_core::Color;
 use sluice_core::Notification;
 use sluice_core::notification::now_micros;
@@ -78,6 +79,7 @@ struct IngestResponse {
 /// `POST /v1/notifications[?ack=staged|durable|replicated]`
 pub(crate) async fn post_notifications(
     State(state): State<AppState>,
+    caller: Caller,
     params: Result<Query<IngestParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -106,6 +108,11 @@ pub(crate) async fn post_notifications(
                 reason,
             }),
         }
+    }
+    // Every notification's platform must be the key's before any is admitted: a request that
+    // names another platform is refused whole, so nothing of it is stored and no id is taken.
+    for notification in &candidates {
+        caller.require_write(&notification.platform)?;
     }
     if candidates.is_empty() {
         let answer = IngestResponse {
@@ -190,8 +197,10 @@ pub(crate) async fn post_notifications(
 /// `GET /v1/notifications/{platform}/{id}`
 pub(crate) async fn get_notification(
     State(state): State<AppState>,
+    caller: Caller,
     Path((platform, id)): Path<(String, String)>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_read_of(&platform)?;
     if let Some((color, record)) = state.memory.get(&platform, &id) {
         return Ok(Json(json!({
             "color": color,
@@ -238,15 +247,17 @@ pub(crate) async fn get_notification(
 /// node's shared memory holds, with their colors. The query API merges them with the replica.
 pub(crate) async fn get_memory_post(
     State(state): State<AppState>,
+    caller: Caller,
     Path((platform, post_id)): Path<(String, String)>,
-) -> Json<serde_json::Value> {
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_read()?;
     let notifications: Vec<serde_json::Value> = state
         .memory
         .post(&platform, &post_id)
         .into_iter()
         .map(|(color, record)| json!({"color": color, "notification": record.to_json()}))
         .collect();
-    Json(json!({ "notifications": notifications }))
+    Ok(Json(json!({ "notifications": notifications })))
 }
 
 /// `GET /healthz`: the process is up.
@@ -254,7 +265,8 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the publisher answers, so accepted notifications can become durable.
+/// `GET /readyz`: the publisher answers, so accepted notifications can become durable. It
+/// needs no key, so it shows nothing a caller could misuse (not the producer id).
 pub(crate) async fn readyz(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -270,7 +282,6 @@ pub(crate) async fn readyz(
         .into_inner();
     Ok(Json(json!({
         "status": "ready",
-        "producer_id": &*state.producer_id,
         "publisher": {
             "storage": status.storage,
             "put_if_absent_enforced": status.put_if_absent_enforced,
@@ -278,8 +289,11 @@ pub(crate) async fn readyz(
     })))
 }
 
-/// `GET /v1/stats`: what shared memory holds, and how fresh the replica is.
-pub(crate) async fn stats(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// `GET /v1/stats`: what shared memory holds, and how fresh the replica is. Any key may ask.
+pub(crate) async fn stats(
+    State(state): State<AppState>,
+    _caller: Caller,
+) -> Json<serde_json::Value> {
     Json(json!({
         "producer_id": &*state.producer_id,
         "memory": state.memory.stats(),

@@ -67,7 +67,12 @@ async fn harness(config: Config) -> Harness {
         consumer: closed_addr(),
         query_handler: handler_addr,
     };
-    let (state, workers) = sluice_ingest_api::build(config, &peers).unwrap();
+    let (state, workers) = sluice_ingest_api::build(
+        config,
+        &peers,
+        std::sync::Arc::new(sluice_auth::Keys::open()),
+    )
+    .unwrap();
     tokio::spawn(workers.batcher.run(stop.clone()));
     tokio::spawn(workers.green.run(stop.clone()));
     Harness {
@@ -438,7 +443,12 @@ async fn a_missing_publisher_delays_durability_and_a_retry_is_safe() {
         consumer: closed_addr(),
         query_handler: closed_addr(),
     };
-    let (state, workers) = sluice_ingest_api::build(config, &peers).unwrap();
+    let (state, workers) = sluice_ingest_api::build(
+        config,
+        &peers,
+        std::sync::Arc::new(sluice_auth::Keys::open()),
+    )
+    .unwrap();
     let stop = CancellationToken::new();
     let _stop_guard = stop.clone().drop_guard();
     tokio::spawn(workers.batcher.run(stop.clone()));

@@ -7,20 +7,32 @@ pub mod v1 {
     tonic::include_proto!("sluice.v1");
 }
 
+pub mod cluster;
 mod convert;
+
+/// The channel every Sluice client uses: it carries the cluster secret ([`cluster`]).
+pub type Channel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, cluster::SendSecret>;
 
 /// The largest message either side of a Sluice gRPC call sends or accepts. Ingest batches stay
 /// well below it (see the batcher's byte bound); the headroom covers protobuf framing.
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
-/// A lazily connecting channel to a Sluice service at `addr`: `host:port` or a URL, several
+/// A lazily connecting channel to a Sluice service at `addr`, carrying the cluster secret: `host:port` or a URL, several
 /// copies of it (a comma-separated list), or `dns://name:port`, every address `name` resolves
 /// to, looked up again every few seconds (a headless Kubernetes Service resolves to its ready
 /// pods). It connects on first use and reconnects by itself, so services can start in any
 /// order. Over several copies, each call goes to one (the less loaded of two picked at random);
 /// a copy that is down fails the calls sent to it and stays in the list until it no longer
 /// resolves, so a caller that retries reaches another copy, and the first again once it is back.
-pub fn lazy_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        plain_channel(addr)?,
+        cluster::SendSecret,
+    ))
+}
+
+fn plain_channel(addr: &str) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let addrs: Vec<&str> = addr
         .split(',')
         .map(str::trim)

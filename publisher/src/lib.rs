@@ -4,7 +4,9 @@
 //! `Append` validates the batch, encodes it as an Avro segment and writes it put-if-absent at
 //! the key of (producer, sequence) through [`sluice_core::master::MasterStore`]. It answers
 //! only after the object store confirmed the write, and a retry of a batch that already landed
-//! answers OK without writing, so callers simply retry until they get an answer.
+//! answers OK without writing, so callers simply retry until they get an answer. An Append
+//! must carry its producer's proof ([`sluice_core::producer`]): nobody else can append under a
+//! live producer's id.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use sluice_core::master::{MasterStore, SegmentWrite, check_producer_id};
 use sluice_core::storage::Storage;
 use sluice_core::{Error, Notification};
+use sluice_proto::Channel;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_server::{Publisher, PublisherServer};
 use sluice_proto::v1::{
@@ -21,7 +24,6 @@ use sluice_proto::v1::{
     StatusRequest, StatusResponse,
 };
 use tokio::net::TcpListener;
-use tonic::transport::Channel;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -74,8 +76,17 @@ impl Publisher for PublisherService {
             producer_id,
             sequence,
             notifications,
+            producer_proof,
         } = request.into_inner();
         check_producer_id(&producer_id).map_err(AppendError::from)?;
+        // Only the process that made the id holds the secret its uuid commits to: a forged
+        // batch under a live producer's id would otherwise take its next sequence and wedge it.
+        if !sluice_core::producer::proves(&producer_id, &producer_proof) {
+            return Err(Status::permission_denied(format!(
+                "producer {producer_id}: the producer proof does not match; only the ingest \
+                 process that made a producer id may append under it"
+            )));
+        }
         if sequence == 0 {
             return Err(Status::invalid_argument("sequence starts at 1"));
         }
@@ -230,11 +241,11 @@ pub async fn serve(
     let (_, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(
+        .add_service(sluice_proto::cluster::guarded(
             PublisherServer::new(service)
                 .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
-        )
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }

@@ -24,6 +24,9 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No key, an unknown key, or a key without the `read` scope.
+    #[error(transparent)]
+    Auth(#[from] sluice_auth::AuthError),
 }
 
 impl ApiError {
@@ -36,6 +39,7 @@ impl ApiError {
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Auth(error) => error.status(),
         }
     }
 }
@@ -58,6 +62,9 @@ impl From<tonic::Status> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Auth(error) = self {
+            return error.into_response();
+        }
         let status = self.status();
         let message = match &self {
             ApiError::Internal(detail) => {

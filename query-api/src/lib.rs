@@ -6,6 +6,9 @@
 //!   and audit trail ([`posts`]) from the ingest nodes' shared memory and the replica.
 //! - [`error`]: the one mapping from errors (and gRPC codes) to HTTP answers.
 //!
+//! Every endpoint but the probe needs an API key with the `read` scope ([`sluice_auth`])
+//! unless auth is off; the key is passed on to the ingest nodes a post's trail asks.
+//!
 //! The service keeps no state: run as many as you like behind a load balancer.
 
 pub mod error;
@@ -17,12 +20,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
+use axum::extract::{DefaultBodyLimit, FromRef};
 use axum::routing::{get, post};
+use sluice_auth::Keys;
+use sluice_proto::Channel;
 use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tower_http::trace::TraceLayer;
 
 /// The query API's own settings.
@@ -57,6 +61,14 @@ pub struct AppState {
     pub ingest_urls: Arc<Vec<String>>,
     /// Which notification types create, edit, delete and restore a post.
     pub post_actions: Arc<posts::PostActions>,
+    /// The API keys calls are checked against (open when auth is off).
+    pub keys: Arc<Keys>,
+}
+
+impl FromRef<AppState> for Arc<Keys> {
+    fn from_ref(state: &AppState) -> Self {
+        state.keys.clone()
+    }
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
@@ -159,7 +171,7 @@ pub fn handler_client(addr: &str) -> anyhow::Result<QueryHandlerClient<Channel>>
         .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES))
 }
 
-pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
+pub fn build(config: &Config, handler_addr: &str, keys: Arc<Keys>) -> anyhow::Result<AppState> {
     Ok(AppState {
         handler: handler_client(handler_addr)?,
         handlers: Handlers::new(handler_addr)?,
@@ -175,6 +187,7 @@ pub fn build(config: &Config, handler_addr: &str) -> anyhow::Result<AppState> {
                 .collect(),
         ),
         post_actions: Arc::new(config.post_actions.clone()),
+        keys,
     })
 }
 
@@ -183,9 +196,10 @@ pub async fn serve(
     listener: TcpListener,
     config: Config,
     handler_addr: &str,
+    keys: Arc<Keys>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = build(&config, handler_addr)?;
+    let state = build(&config, handler_addr, keys)?;
     tracing::info!(addr = ?listener.local_addr().ok(), query_handler = handler_addr, ingest = ?config.ingest_urls, "query API listening");
     axum::serve(listener, router(state, &config))
         .with_graceful_shutdown(shutdown.cancelled_owned())

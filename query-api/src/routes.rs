@@ -8,9 +8,10 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use sluice_auth::Caller;
+use sluice_proto::Channel;
 use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use sluice_proto::v1::{ExecuteRequest, GetQueryRequest, PostEventsRequest, QueryReply};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::AppState;
@@ -56,8 +57,10 @@ where
 /// `POST /v1/query`.
 pub(crate) async fn post_query(
     State(state): State<AppState>,
+    caller: Caller,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    caller.require_read()?;
     let body: QueryBody = serde_json::from_slice(&body?).map_err(|e| {
         ApiError::BadRequest(format!(
             "the body must be a JSON object {{\"sql\": \"…\", \"format\": \"json\"|\"csv\"|\"arrow\"}}: {e}"
@@ -88,9 +91,11 @@ pub struct FormatParam {
 /// `GET /v1/queries/{id}`: the query's state, and its result while it is cached.
 pub(crate) async fn get_query(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     Query(params): Query<FormatParam>,
 ) -> Result<Response, ApiError> {
+    caller.require_read()?;
     let format = Format::parse(params.format.as_deref().unwrap_or("json"))?;
     // Only the handler that ran the query remembers it: ask each. An unavailable one may be it,
     // so "unavailable" wins over "not found".
@@ -213,6 +218,7 @@ pub struct AsOfParam {
 /// or on its way to the replica).
 async fn trail(
     state: &AppState,
+    caller: &Caller,
     platform: &str,
     post_id: &str,
     as_of: Option<&str>,
@@ -228,13 +234,14 @@ async fn trail(
             url
         });
         let http = state.http.clone();
+        let authorization = caller.authorization().cloned();
         async move {
             let url = url.map_err(|e| format!("{base} is not a URL: {e}"))?;
-            let answer = http
-                .get(url)
-                .send()
-                .await
-                .and_then(|r| r.error_for_status());
+            let mut request = http.get(url);
+            if let Some(authorization) = authorization {
+                request = request.header(header::AUTHORIZATION, authorization);
+            }
+            let answer = request.send().await.and_then(|r| r.error_for_status());
             match answer {
                 Ok(response) => response
                     .json::<MemoryPost>()
@@ -277,10 +284,19 @@ async fn trail(
 /// `GET /v1/posts/{platform}/{post_id}[?as_of=…]`: the post's state.
 pub(crate) async fn get_post(
     State(state): State<AppState>,
+    caller: Caller,
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    let (events, sources) = trail(&state, &platform, &post_id, params.as_of.as_deref()).await?;
+    caller.require_read()?;
+    let (events, sources) = trail(
+        &state,
+        &caller,
+        &platform,
+        &post_id,
+        params.as_of.as_deref(),
+    )
+    .await?;
     if events.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no notification of post {platform}/{post_id}{}",
@@ -299,10 +315,19 @@ pub(crate) async fn get_post(
 /// `GET /v1/posts/{platform}/{post_id}/events[?as_of=…]`: its audit trail, oldest first.
 pub(crate) async fn get_post_events(
     State(state): State<AppState>,
+    caller: Caller,
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    let (events, sources) = trail(&state, &platform, &post_id, params.as_of.as_deref()).await?;
+    caller.require_read()?;
+    let (events, sources) = trail(
+        &state,
+        &caller,
+        &platform,
+        &post_id,
+        params.as_of.as_deref(),
+    )
+    .await?;
     Ok(Json(json!({
         "platform": platform,
         "post_id": post_id,

@@ -541,11 +541,11 @@ pub async fn serve(
     let (_, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(
+        .add_service(sluice_proto::cluster::guarded(
             QueryHandlerServer::new(service)
                 .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
-        )
+        ))
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     following.await?;

@@ -179,7 +179,7 @@ pub(crate) fn columns_and_rows(answer: &Value) -> Value {
 /// Runs every suite query through the query API: `{name: {"columns": [names], "rows": [...]}}`
 /// as `analyst_suite.py compare` reads it, and each answer's server-side milliseconds.
 pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>) {
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let mut results = serde_json::Map::new();
     let mut elapsed = BTreeMap::new();
     for (name, sql) in suite() {

@@ -24,6 +24,7 @@ const LEASE_TTL_MS: u64 = 2_000;
 /// Whether the consumer at `addr` commits: it answers `Progress` (a standby answers
 /// UNAVAILABLE) and the health service says SERVING (a standby: NOT_SERVING).
 async fn is_committer(addr: SocketAddr) -> Option<bool> {
+    crate::support::join_cluster();
     let channel = sluice_proto::lazy_channel(&addr.to_string()).ok()?;
     let progress = ConsumerClient::new(channel.clone())
         .progress(ProgressRequest {
@@ -85,7 +86,7 @@ fn view(addrs: [SocketAddr; 2], consumers: &[Sluice; 2]) -> [(SocketAddr, &Sluic
 /// Posts notifications `range` to `node` with `ack=durable`, retrying until acknowledged.
 async fn post_durable(node: SocketAddr, range: std::ops::Range<usize>) {
     let body: Vec<String> = range.map(|i| notification(i).to_string()).collect();
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let answer = client

@@ -2,9 +2,10 @@
 //! parses and that every Sluice setting it names is a real flag of the binary.
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use serde_yaml_ng::Value;
+
+use crate::support::{has_setting, help};
 
 #[test]
 fn compose_file_parses_and_names_real_settings() {
@@ -31,21 +32,13 @@ fn compose_file_parses_and_names_real_settings() {
         }
         let command = service["command"].as_sequence().expect("command");
         let subcommand = command[0].as_str().unwrap();
-        let help = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .args([subcommand, "--help"])
-            .output()
-            .unwrap();
-        assert!(
-            help.status.success(),
-            "sluice {subcommand} is not a command"
-        );
-        let help = String::from_utf8(help.stdout).unwrap();
+        let help = help(subcommand);
         let environment = service["environment"].as_mapping().expect("environment");
         for key in environment.keys() {
             let key = key.as_str().unwrap();
             if key.starts_with("SLUICE_") {
                 assert!(
-                    help.contains(&format!("[env: {key}=")),
+                    has_setting(&help, key),
                     "{name:?}: sluice {subcommand} has no setting {key}"
                 );
                 checked.insert(key.to_string());

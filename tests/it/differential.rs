@@ -457,7 +457,7 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
         .register_table("notifications", table.table_provider().await.unwrap())
         .unwrap();
 
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let mut queries = 0;
     let mut summaries = Vec::new();
     for &seed in seeds {

@@ -318,7 +318,7 @@ async fn run_faults(total: usize, kill_every: Duration, seed: u64) -> FaultRepor
     let lost = expected.difference(&in_replica).count();
 
     // The read side came through too: the query API answers the count over the replica.
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (status, answer) = crate::analyst::query(

@@ -12,7 +12,7 @@ use std::process::Command;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-use crate::support::python;
+use crate::support::{has_setting, help, python};
 
 fn manifests() -> Vec<(PathBuf, Value)> {
     let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/infra/k8s"));
@@ -30,18 +30,6 @@ fn manifests() -> Vec<(PathBuf, Value)> {
         }
     }
     documents
-}
-
-fn help(subcommand: &str) -> String {
-    let help = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args([subcommand, "--help"])
-        .output()
-        .unwrap();
-    assert!(
-        help.status.success(),
-        "sluice {subcommand} is not a command"
-    );
-    String::from_utf8(help.stdout).unwrap()
 }
 
 #[test]
@@ -89,6 +77,7 @@ fn kubernetes_manifests_validate_and_name_real_settings() {
     let mut workloads = of_kind("Deployment");
     workloads.extend(of_kind("StatefulSet"));
 
+    let secrets = of_kind("Secret");
     let mut commands = BTreeMap::new();
     let mut config_keys_used = BTreeSet::new();
     for (name, workload) in &workloads {
@@ -99,12 +88,35 @@ fn kubernetes_manifests_validate_and_name_real_settings() {
         for variable in container["env"].as_sequence().unwrap() {
             let key = variable["name"].as_str().unwrap();
             assert!(
-                help.contains(&format!("[env: {key}=")),
+                has_setting(&help, key),
                 "{name}: sluice {subcommand} has no setting {key}"
             );
         }
+        // Every service requires and sends the cluster secret on gRPC.
+        assert!(
+            container["envFrom"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|s| s["secretRef"]["name"] == "sluice-cluster"),
+            "{name} has no cluster secret"
+        );
+        // A Secret's settings, handed over whole, must be settings of the command too.
+        for source in container["envFrom"].as_sequence().unwrap() {
+            let Some(secret) = source.get("secretRef") else {
+                continue;
+            };
+            let secret = &secrets[secret["name"].as_str().unwrap()];
+            for key in secret["stringData"].as_mapping().unwrap().keys() {
+                let key = key.as_str().unwrap();
+                assert!(
+                    key.starts_with("AWS_") || has_setting(&help, key),
+                    "{name}: sluice {subcommand} has no setting {key}"
+                );
+            }
+        }
         for key in &config_keys {
-            if help.contains(&format!("[env: {key}=")) {
+            if has_setting(&help, key) {
                 config_keys_used.insert(key.clone());
             }
         }
@@ -183,6 +195,19 @@ fn kubernetes_manifests_validate_and_name_real_settings() {
     );
     let readiness = &consumer["spec"]["template"]["spec"]["containers"][0]["readinessProbe"];
     assert_eq!(readiness["grpc"]["service"], "sluice.v1.Consumer");
+    // The REST services get their API keys from the Secret (auth is on by default on S3).
+    for rest in ["ingest-api", "query-api"] {
+        let (name, workload) = &commands[rest];
+        let sources = &workload["spec"]["template"]["spec"]["containers"][0]["envFrom"];
+        assert!(
+            sources
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|s| s["secretRef"]["name"] == "sluice-keys"),
+            "{name} has no API keys"
+        );
+    }
     // The gRPC peers are found by name over headless Services.
     for (key, service) in [
         ("SLUICE_PUBLISHER_ADDR", "sluice-publisher"),

@@ -2,6 +2,7 @@
 //! HTTP on loopback, real gRPC between the services. One test binary, one module per concern.
 
 mod analyst;
+mod auth;
 mod committer_failover;
 mod compose;
 mod differential;

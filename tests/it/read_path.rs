@@ -39,7 +39,7 @@ pub(crate) async fn start_read_side(
     wait_for_port(handler_addr, &handler).await;
     wait_for_port(api, &api_process).await;
     // The handler answers 503 until it has loaded the replica.
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = query(&client, api, json!({"sql": "SELECT 1 AS one"})).await;
@@ -134,7 +134,7 @@ async fn the_analyst_suite_over_a_million_notifications_matches_duckdb_and_repea
     );
 
     // A repeat is answered from the cache, without DataFusion, in under a millisecond.
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let sql =
         "SELECT platform, count(*) AS n FROM notifications GROUP BY platform ORDER BY platform";
     let (_, first) = query(&client, read.api, json!({"sql": sql})).await;
@@ -243,7 +243,7 @@ async fn bad_huge_and_runaway_queries_get_clear_answers_and_the_handler_keeps_se
         ],
     )
     .await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     for (sql, status, says) in [
         ("SELEC platform FROM notifications", 400, "Expected"),
         ("SELECT nope FROM notifications", 400, "nope"),
@@ -316,7 +316,7 @@ async fn bad_huge_and_runaway_queries_get_clear_answers_and_the_handler_keeps_se
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     let (status, failed) = loop {
-        let response = reqwest::get(&url).await.unwrap();
+        let response = crate::support::client().get(&url).send().await.unwrap();
         let status = response.status();
         let body: Value = response.json().await.unwrap();
         if status != 202 {
@@ -329,7 +329,9 @@ async fn bad_huge_and_runaway_queries_get_clear_answers_and_the_handler_keeps_se
     assert_eq!(failed["state"], "failed");
     assert!(failed["error"].as_str().unwrap().contains("did not finish"));
 
-    let missing = reqwest::get(format!("http://{}/v1/queries/nope", read.api))
+    let missing = crate::support::client()
+        .get(format!("http://{}/v1/queries/nope", read.api))
+        .send()
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
@@ -367,7 +369,7 @@ async fn a_posts_state_and_trail_include_fresh_notifications_and_red_ones_come_f
     let sluice = Sluice::spawn(&["all"], &env, dir.path(), "all");
     wait_for_port(ingest, &sluice).await;
     wait_for_port(api, &sluice).await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let post = |ack: &'static str, body: Value| {
         let client = client.clone();
         async move {
@@ -487,11 +489,15 @@ async fn a_posts_state_and_trail_include_fresh_notifications_and_red_ones_come_f
     assert_eq!(state["state"]["deleted"], true, "{state}");
     assert_eq!(state["state"]["deleted_at"], "2026-11-20T13:00:00Z");
 
-    let unknown = reqwest::get(format!("http://{api}/v1/posts/bsky/nothing"))
+    let unknown = crate::support::client()
+        .get(format!("http://{api}/v1/posts/bsky/nothing"))
+        .send()
         .await
         .unwrap();
     assert_eq!(unknown.status(), 404);
-    let bad = reqwest::get(format!("http://{api}/v1/posts/bsky/P1?as_of=yesterday"))
+    let bad = crate::support::client()
+        .get(format!("http://{api}/v1/posts/bsky/P1?as_of=yesterday"))
+        .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);

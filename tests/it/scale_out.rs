@@ -164,7 +164,7 @@ impl BalancedLoad {
         nodes: Vec<SocketAddr>,
         senders: usize,
     ) -> tokio::task::JoinHandle<()> {
-        let client = reqwest::Client::new();
+        let client = crate::support::client();
         let nodes = Arc::new(nodes);
         let queue = Arc::new(std::sync::Mutex::new(
             self.bodies.into_iter().enumerate().collect::<Vec<_>>(),
@@ -374,7 +374,7 @@ async fn several_query_handlers_answer_and_one_dying_fails_no_query() {
     }
     wait_for_port(api, &api_process).await;
 
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let sql =
         "SELECT platform, count(*) AS n FROM notifications GROUP BY platform ORDER BY platform";
     let ask = |body: Value| crate::analyst::query(&client, api, body);

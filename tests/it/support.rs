@@ -19,6 +19,50 @@ pub(crate) const ACCESS_KEY: &str = "sluice-test";
 pub(crate) const SECRET_KEY: &str = "sluice-test-secret";
 pub(crate) const BUCKET: &str = "sluice";
 
+/// The API key every test client sends ([`client`]): it may write every platform, read and
+/// administer. Processes learn its hash from [`keys_env`].
+pub(crate) const TEST_KEY: &str =
+    "sk_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// The cluster secret of the tests' services ([`join_cluster`] makes this process send it).
+pub(crate) const CLUSTER_SECRET: &str = "sluice-tests-cluster-secret";
+
+/// `SLUICE_KEYS` holding [`TEST_KEY`]'s line, so that a service whose auth is on accepts it,
+/// and the cluster secret its gRPC services require.
+pub(crate) fn auth_env() -> [(String, String); 2] {
+    let line = sluice_auth::key_line("tests", "write:*,read,admin", TEST_KEY).unwrap();
+    [
+        ("SLUICE_KEYS".to_string(), line),
+        (
+            "SLUICE_CLUSTER_SECRET".to_string(),
+            CLUSTER_SECRET.to_string(),
+        ),
+    ]
+}
+
+/// Makes this test process's gRPC clients send [`CLUSTER_SECRET`], as the services do.
+#[allow(
+    dead_code,
+    reason = "the benchmarks include this file and call no service directly"
+)]
+pub(crate) fn join_cluster() {
+    static JOINED: std::sync::Once = std::sync::Once::new();
+    JOINED.call_once(|| sluice_proto::cluster::set_secret(CLUSTER_SECRET).unwrap());
+}
+
+/// An HTTP client that sends [`TEST_KEY`] with every request.
+pub(crate) fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {TEST_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 /// A real S3 server (`s3s-fs`) on loopback, serving a temporary directory, with signature
 /// checks on. It stops when dropped.
 pub(crate) struct S3Server {
@@ -68,6 +112,7 @@ impl S3Server {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
+        .chain(auth_env())
         .collect()
     }
 
@@ -105,6 +150,25 @@ impl Drop for S3Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `sluice <subcommand> --help`, which names every setting's environment variable.
+pub(crate) fn help(subcommand: &str) -> String {
+    let help = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([subcommand, "--help"])
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "sluice {subcommand} is not a command"
+    );
+    String::from_utf8(help.stdout).unwrap()
+}
+
+/// Whether a `--help` text has the setting `key` (`[env: KEY=…]`, or `[env: KEY]` for a
+/// setting whose value is never shown).
+pub(crate) fn has_setting(help: &str, key: &str) -> bool {
+    help.contains(&format!("[env: {key}=")) || help.contains(&format!("[env: {key}]"))
 }
 
 /// A free port on loopback, for a process to listen on. It is taken below Linux's ephemeral
@@ -209,6 +273,14 @@ impl Sluice {
         child.wait().unwrap().code().unwrap_or(-1)
     }
 
+    /// CPU seconds (user + system) the process has used so far; 0 once it has exited.
+    #[allow(dead_code, reason = "the scaling benchmark measures it")]
+    pub(crate) fn cpu_seconds(&self) -> f64 {
+        self.child
+            .as_ref()
+            .map_or(0.0, |child| cpu_seconds_of(&child.id().to_string()))
+    }
+
     pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -218,6 +290,26 @@ impl Drop for Sluice {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// CPU seconds (user + system) used by process `pid` (`self` for this one), from
+/// `/proc/<pid>/stat` in clock ticks of 1/100 s (Linux's USER_HZ).
+#[allow(dead_code, reason = "the scaling benchmark measures it")]
+pub(crate) fn cpu_seconds_of(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name may hold spaces; the fields after it are space-separated.
+    let Some((_, fields)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = fields.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    ticks as f64 / 100.0
 }
 
 /// Waits until something accepts TCP connections at `addr`.
@@ -235,7 +327,14 @@ pub(crate) async fn wait_for_port(addr: SocketAddr, what: &Sluice) {
 
 /// GETs `url` and parses the answer as JSON.
 pub(crate) async fn get_json(url: &str) -> Value {
-    reqwest::get(url).await.unwrap().json().await.unwrap()
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// How many notifications an ingest API holds as green or has evicted (red): all of them are
@@ -286,7 +385,7 @@ pub(crate) async fn post_all(
     concurrency: usize,
     progress: Arc<AtomicUsize>,
 ) -> LoadReport {
-    let client = reqwest::Client::new();
+    let client = client();
     let url = format!("http://{ingest}/v1/notifications?ack=durable");
     let bodies: Vec<String> = items
         .chunks(per_request)

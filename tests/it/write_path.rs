@@ -116,7 +116,7 @@ async fn sluice_all_on_the_embedded_default_answers_blue_then_green() {
         "all",
     );
     wait_for_port(ingest, &sluice).await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let answer: Value = client
         .post(format!("http://{ingest}/v1/notifications"))
         .json(&notification(1))
@@ -237,7 +237,7 @@ async fn a_request_stored_but_unanswered_when_ingest_dies_is_stored_once_when_re
     let master = MasterStore::new(s3.store(BUCKET));
     let body: Vec<Value> = (0..1_000).map(notification).collect();
     let url = format!("http://{}/v1/notifications", pipeline.ingest_addr);
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let first = tokio::spawn(client.post(&url).json(&body).send());
 
     // The moment the batch is in the master store, the ingest node dies: whether or not its
@@ -279,7 +279,7 @@ async fn a_request_stored_but_unanswered_when_ingest_dies_is_stored_once_when_re
 async fn sigterm_stores_every_staged_notification_before_exit() {
     let s3 = S3Server::start().await;
     let mut pipeline = Pipeline::start(&s3).await;
-    let client = reqwest::Client::new();
+    let client = crate::support::client();
     let body: String = (0..5_000)
         .map(|i| notification(i).to_string())
         .collect::<Vec<_>>()
