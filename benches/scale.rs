@@ -4,13 +4,15 @@
 //! ```sh
 //! cargo bench --bench scale              # 200 requests of 1,000 notifications per step
 //! cargo bench --bench scale -- quick     # 40 requests per step
+//! BENCH_REQUESTS=1000 cargo bench --bench scale   # 1,000 requests (1M notifications) per step
 //! ```
 //!
 //! Each step starts fresh (a new S3 server and new processes). The load is the same at every
 //! step: requests of 1,000 notifications with `ack=durable`, from 4 clients per pair, spread
 //! over the pairs in turn. Reported: notifications/s and p99 ack latency, each as a ratio to the
 //! single pair measured in the same run, and freshness (durable ack → green) p99, the worst of
-//! the ingest nodes. Results: `bench/README.md`, "Scaling out".
+//! the ingest nodes. Also the cores each part kept busy during the load (from `/proc`), which
+//! shows where the machine's ceiling is. Results: `bench/README.md`, "Scaling out".
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -33,6 +35,11 @@ struct Step {
     per_second: f64,
     p99_ack_ms: f64,
     freshness_p99_ms: f64,
+    /// Cores kept busy during the load, on average: by the ingest and publisher processes, by
+    /// the consumer, and by this process (the load generator and the S3 server).
+    cores_pairs: f64,
+    cores_consumer: f64,
+    cores_bench: f64,
 }
 
 async fn step(pairs: usize, requests: usize) -> Step {
@@ -75,9 +82,15 @@ async fn step(pairs: usize, requests: usize) -> Step {
             })
             .collect(),
     );
-    let client = reqwest::Client::new();
+    let client = support::client();
     let next = Arc::new(AtomicUsize::new(0));
     let nodes = Arc::new(nodes);
+    let cpu = |processes: &[Sluice]| -> (f64, f64, f64) {
+        let consumer = processes[0].cpu_seconds();
+        let pairs: f64 = processes[1..].iter().map(Sluice::cpu_seconds).sum();
+        (pairs, consumer, support::cpu_seconds_of("self"))
+    };
+    let cpu_before = cpu(&processes);
     let started = Instant::now();
     let tasks: Vec<_> = (0..pairs * CLIENTS_PER_PAIR)
         .map(|_| {
@@ -111,6 +124,7 @@ async fn step(pairs: usize, requests: usize) -> Step {
         latencies.add(task.await.unwrap()).unwrap();
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let cpu_after = cpu(&processes);
 
     // Freshness once everything is green: the worst p99 of the nodes.
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -137,31 +151,42 @@ async fn step(pairs: usize, requests: usize) -> Step {
         per_second: (requests * PER_REQUEST) as f64 / elapsed,
         p99_ack_ms: latencies.value_at_quantile(0.99) as f64 / 1000.0,
         freshness_p99_ms,
+        cores_pairs: (cpu_after.0 - cpu_before.0) / elapsed,
+        cores_consumer: (cpu_after.1 - cpu_before.1) / elapsed,
+        cores_bench: (cpu_after.2 - cpu_before.2) / elapsed,
     }
 }
 
 #[tokio::main]
 async fn main() {
     let quick = std::env::args().any(|a| a == "quick");
-    let requests = if quick { 40 } else { 200 };
+    let requests = match std::env::var("BENCH_REQUESTS") {
+        Ok(n) => n.parse().expect("BENCH_REQUESTS is a number"),
+        Err(_) if quick => 40,
+        Err(_) => 200,
+    };
     let mut steps = Vec::new();
     for pairs in [1, 2, 4] {
         steps.push(step(pairs, requests).await);
     }
     let base = &steps[0];
     println!(
-        "| pairs | notifications/s | × one pair | p99 ack | × one pair | freshness p99 (durable → green) |"
+        "| pairs | notifications/s | × one pair | p99 ack | × one pair | freshness p99 (durable → green) | cores busy: pairs + consumer + load and S3 |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---|");
     for s in &steps {
         println!(
-            "| {} | {:.0} | {:.2} | {:.0} ms | {:.2} | {:.0} ms |",
+            "| {} | {:.0} | {:.2} | {:.0} ms | {:.2} | {:.0} ms | {:.2} + {:.2} + {:.2} = {:.2} |",
             s.pairs,
             s.per_second,
             s.per_second / base.per_second,
             s.p99_ack_ms,
             s.p99_ack_ms / base.p99_ack_ms,
-            s.freshness_p99_ms
+            s.freshness_p99_ms,
+            s.cores_pairs,
+            s.cores_consumer,
+            s.cores_bench,
+            s.cores_pairs + s.cores_consumer + s.cores_bench,
         );
     }
 }
