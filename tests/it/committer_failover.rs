@@ -22,34 +22,43 @@ use crate::support::{BUCKET, S3Server, Sluice, free_addr, notification, wait_for
 const LEASE_TTL_MS: u64 = 2_000;
 
 /// Whether the consumer at `addr` commits: it answers `Progress` (a standby answers
-/// UNAVAILABLE) and the health service says SERVING (a standby: NOT_SERVING).
+/// UNAVAILABLE) and the health service says SERVING (a standby: NOT_SERVING). The two are asked
+/// one after the other, so a consumer that takes over or loses the lease in between disagrees
+/// with itself once; they must agree within a second.
 async fn is_committer(addr: SocketAddr) -> Option<bool> {
     crate::support::join_cluster();
     let channel = sluice_proto::lazy_channel(&addr.to_string()).ok()?;
-    let progress = ConsumerClient::new(channel.clone())
-        .progress(ProgressRequest {
-            producer_id: "nobody".into(),
-        })
-        .await;
-    let health = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: "sluice.v1.Consumer".into(),
-        })
-        .await
-        .ok()?
-        .into_inner()
-        .status();
-    match progress {
-        Ok(_) => {
-            assert_eq!(health, ServingStatus::Serving, "a committer is ready");
-            Some(true)
+    let mut disagreement = None;
+    for _ in 0..20 {
+        let progress = ConsumerClient::new(channel.clone())
+            .progress(ProgressRequest {
+                producer_id: "nobody".into(),
+            })
+            .await;
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest {
+                service: "sluice.v1.Consumer".into(),
+            })
+            .await
+            .ok()?
+            .into_inner()
+            .status();
+        match (progress, health) {
+            (Ok(_), ServingStatus::Serving) => return Some(true),
+            (Err(status), ServingStatus::NotServing)
+                if status.code() == tonic::Code::Unavailable =>
+            {
+                return Some(false);
+            }
+            (Err(status), _) if status.code() != tonic::Code::Unavailable => return None,
+            (progress, health) => disagreement = Some(format!("{progress:?} but {health:?}")),
         }
-        Err(status) if status.code() == tonic::Code::Unavailable => {
-            assert_eq!(health, ServingStatus::NotServing, "a standby is not ready");
-            Some(false)
-        }
-        Err(_) => None,
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    panic!(
+        "readiness and committing disagree for a second: {}",
+        disagreement.unwrap_or_default()
+    );
 }
 
 /// Waits until one of `consumers` commits and returns its index.
