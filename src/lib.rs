@@ -86,6 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cluster,
         } => {
             secure_grpc(&cluster, false)?;
+            query_handler.check()?;
             let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)

@@ -73,8 +73,10 @@ pub struct Config {
     #[arg(long, env = "SLUICE_COMPACT_ZSTD_LEVEL", default_value_t = 16,
           value_parser = clap::value_parser!(i32).range(1..=22))]
     pub compact_zstd_level: i32,
-    /// Vacuum keeps files that snapshots younger than this may read.
-    #[arg(long, env = "SLUICE_VACUUM_RETENTION_HOURS", default_value_t = 168)]
+    /// Vacuum keeps files that snapshots younger than this may read. At least 1: the files of
+    /// a commit under way are in no snapshot until it lands, and vacuum must not take them.
+    #[arg(long, env = "SLUICE_VACUUM_RETENTION_HOURS", default_value_t = 168,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub vacuum_retention_hours: u64,
     /// Days before today (UTC) whose notification keys stay in memory to drop copies that
     /// arrive through another node. Older days are read from the replica when a copy for them

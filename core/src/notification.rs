@@ -143,7 +143,7 @@ impl Notification {
     pub fn validate(&self) -> Result<(), String> {
         check_platform(&self.platform)?;
         check_key("id", &self.id, limits::ID)?;
-        check_key("type", &self.kind, limits::TYPE)?;
+        check_token("type", &self.kind, limits::TYPE, b"._:/-")?;
         for (field, value) in [
             ("post_id", &self.post_id),
             ("author_id", &self.author_id),
@@ -157,7 +157,7 @@ impl Notification {
             check_len("text", text, limits::TEXT)?;
         }
         if let Some(lang) = &self.lang {
-            check_key("lang", lang, limits::LANG)?;
+            check_token("lang", lang, limits::LANG, b"-_")?;
         }
         if self.tags.len() > limits::TAGS {
             return Err(format!(
@@ -285,6 +285,24 @@ pub fn check_platform(platform: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A name analysts group by (`type`, `lang`): non-empty, bounded, and only ASCII letters,
+/// digits and the few punctuation marks `extra` allows, so that no value can pass for another
+/// in a report or smuggle markup, spaces or path parts into one.
+fn check_token(field: &str, value: &str, max: usize, extra: &[u8]) -> Result<(), String> {
+    check_key(field, value, max)?;
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || extra.contains(&b))
+    {
+        let extra: Vec<String> = extra.iter().map(|b| format!("'{}'", *b as char)).collect();
+        return Err(format!(
+            "`{field}` {value:?} may hold only A-Z, a-z, 0-9 and {}",
+            extra.join(", ")
+        ));
+    }
+    Ok(())
+}
+
 /// A key-like field: non-empty, bounded, and free of control characters (they would corrupt
 /// logs, paths and terminals downstream).
 fn check_key(field: &str, value: &str, max: usize) -> Result<(), String> {
@@ -366,6 +384,18 @@ mod tests {
             (
                 r#"{"platform":"my platform","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,
                 "may hold only A-Z",
+            ),
+            (
+                r#"{"platform":"p","id":"1","type":"<script>","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                "`type` \"<script>\" may hold only",
+            ),
+            (
+                r#"{"platform":"p","id":"1","type":"post liked","occurred_at":"2026-01-01T00:00:00Z"}"#,
+                "`type` \"post liked\" may hold only",
+            ),
+            (
+                r#"{"platform":"p","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z","lang":"en US"}"#,
+                "`lang` \"en US\" may hold only",
             ),
             (
                 r#"{"platform":"p\u0000","id":"1","type":"t","occurred_at":"2026-01-01T00:00:00Z"}"#,

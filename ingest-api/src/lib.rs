@@ -117,6 +117,28 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Settings that contradict each other stop the start, saying what to change.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.recover_window_secs == 0 || self.recover_window_secs >= self.ack_timeout_secs,
+            "--recover-window-secs ({}) must be at least --ack-timeout-secs ({}) (or 0): a client \
+             retries a request that a crash left unanswered after its timeout, and by then the \
+             stored keys of that request must still be recovered",
+            self.recover_window_secs,
+            self.ack_timeout_secs
+        );
+        let cap = sluice_proto::MAX_MESSAGE_BYTES / 2;
+        anyhow::ensure!(
+            self.batch_max_bytes <= cap,
+            "--batch-max-bytes ({}) must be at most {cap}, half the gRPC message cap, so that a \
+             full batch and its framing always fit in one Append",
+            self.batch_max_bytes
+        );
+        Ok(())
+    }
+}
+
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -197,6 +219,7 @@ pub fn build(
     peers: &Peers,
     keys: Arc<Keys>,
 ) -> anyhow::Result<(AppState, Workers)> {
+    config.check()?;
     let (publisher_addr, consumer_addr) = (peers.publisher.as_str(), peers.consumer.as_str());
     let producer = new_producer(&config.node_id)?;
     let producer_id = producer.id.clone();
@@ -353,4 +376,26 @@ pub async fn serve(
     tracker.await?;
     tracing::info!(?report, "batcher finished");
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Config;
+
+    #[test]
+    fn contradicting_settings_stop_the_start_and_say_what_to_change() {
+        Config::for_tests().check().unwrap();
+        let mut short_window = Config::for_tests();
+        short_window.recover_window_secs = 5;
+        short_window.ack_timeout_secs = 30;
+        let error = short_window.check().unwrap_err().to_string();
+        assert!(error.contains("--recover-window-secs (5)"), "{error}");
+        short_window.recover_window_secs = 0;
+        short_window.check().unwrap();
+
+        let mut huge_batches = Config::for_tests();
+        huge_batches.batch_max_bytes = sluice_proto::MAX_MESSAGE_BYTES;
+        let error = huge_batches.check().unwrap_err().to_string();
+        assert!(error.contains("--batch-max-bytes"), "{error}");
+    }
 }

@@ -124,9 +124,26 @@ impl Config {
         }
     }
 
-    /// Fails when a setting (including a `DATAFUSION_*` variable) cannot be used.
+    /// Fails when a setting (including a `DATAFUSION_*` variable) cannot be used, and warns
+    /// when the queries' memory and the cache together could outgrow the machine.
     pub fn check(&self) -> anyhow::Result<()> {
-        self.limits().map(|_| ())
+        self.limits()?;
+        let wanted = self
+            .query_memory_bytes
+            .saturating_mul(self.query_concurrency.max(1))
+            .saturating_add(self.cache_bytes);
+        if let Some(available) = machine_memory()
+            && wanted > available
+        {
+            tracing::warn!(
+                wanted,
+                available,
+                "--query-memory-bytes × --query-concurrency + --cache-bytes is more than this \
+                 machine (or container) has: queries that all use their share would be killed \
+                 for memory instead of spilling or failing cleanly; lower one of them"
+            );
+        }
+        Ok(())
     }
 
     fn threads(&self) -> usize {
@@ -512,6 +529,25 @@ impl QueryHandler for QueryHandlerService {
 
 /// Serves the query handler on `listener` until `shutdown` fires, reading the replica at
 /// `replica_path` inside `storage`.
+/// The memory this process may use: the machine's, or its container's limit when lower
+/// (cgroup v2 `memory.max`). None when neither can be read.
+fn machine_memory() -> Option<usize> {
+    let total = std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<usize>()
+        .ok()?
+        * 1024;
+    let limit = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<usize>().ok());
+    Some(limit.map_or(total, |limit| limit.min(total)))
+}
+
 pub async fn serve(
     listener: TcpListener,
     storage: &Storage,
