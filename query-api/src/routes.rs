@@ -213,9 +213,9 @@ pub struct AsOfParam {
     as_of: Option<String>,
 }
 
-/// The post's trail from every source, and what went wrong on the way (an ingest node that
-/// did not answer makes the answer less fresh, not wrong: what it held is either lost with it
-/// or on its way to the replica).
+/// The post's trail from every source, for a caller with the `read` scope, and what went wrong
+/// on the way (an ingest node that did not answer makes the answer less fresh, not wrong: what
+/// it held is either lost with it or on its way to the replica).
 async fn trail(
     state: &AppState,
     caller: &Caller,
@@ -223,6 +223,7 @@ async fn trail(
     post_id: &str,
     as_of: Option<&str>,
 ) -> Result<(Vec<Event>, Value), ApiError> {
+    caller.require_read()?;
     let as_of = as_of.map(posts::parse_as_of).transpose()?;
     let memory_reads = state.ingest_urls.iter().map(|base| {
         // The ids go in as path segments, percent-encoded by the URL type.
@@ -288,7 +289,6 @@ pub(crate) async fn get_post(
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_read()?;
     let (events, sources) = trail(
         &state,
         &caller,
@@ -319,7 +319,6 @@ pub(crate) async fn get_post_events(
     Path((platform, post_id)): Path<(String, String)>,
     Query(params): Query<AsOfParam>,
 ) -> Result<Json<Value>, ApiError> {
-    caller.require_read()?;
     let (events, sources) = trail(
         &state,
         &caller,
