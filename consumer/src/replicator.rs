@@ -33,9 +33,10 @@ use arrow::datatypes::{DataType, Date32Type};
 use dashmap::DashMap;
 use deltalake::datafusion::prelude::{SessionContext, col, lit};
 use deltalake::datafusion::scalar::ScalarValue;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
+use sluice_core::dead_letter::{DeadLetter, LetterKind};
 use sluice_core::master::MasterStore;
-use sluice_core::segment::Segment;
+use sluice_core::segment::{Segment, SegmentHeader};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -102,6 +103,8 @@ struct Pending {
 pub struct Progress {
     sequences: DashMap<String, u64>,
     table_version: AtomicU64,
+    /// Master segments quarantined by this consumer since it started.
+    quarantined: AtomicU64,
 }
 
 impl Progress {
@@ -112,6 +115,10 @@ impl Progress {
 
     pub fn table_version(&self) -> u64 {
         self.table_version.load(Ordering::Acquire)
+    }
+
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
     }
 }
 
@@ -363,32 +370,31 @@ impl Replicator {
 
         let paths: Vec<String> = chosen.iter().map(|(_, _, path)| path.clone()).collect();
         let master = self.master.clone();
-        let segments: Vec<Segment> = futures::stream::iter(paths)
+        let reads: Vec<sluice_core::Result<Segment>> = futures::stream::iter(paths)
             .map(|path| {
                 let master = master.clone();
                 async move { master.read_segment(&path).await }
             })
             .buffered(self.config.read_concurrency)
-            .try_collect()
-            .await
-            .inspect_err(|error| {
-                // An announcement of a segment that does not exist (a publisher of another
-                // store, a typo in an address) must not block the others: forget it. A real
-                // segment is found again by the next listing.
-                if let sluice_core::Error::NotFound { path } = error {
+            .collect()
+            .await;
+        let mut segments = Vec::with_capacity(reads.len());
+        let mut last_sequences = BTreeMap::new();
+        for ((producer, sequence, path), read) in chosen.iter().zip(reads) {
+            let segment = match self.verified(producer, *sequence, path, read).await {
+                Ok(segment) => segment,
+                Err(sluice_core::Error::NotFound { path }) => {
+                    // An announcement of a segment that does not exist (a publisher of another
+                    // store, a typo in an address) must not block the others: forget it. A real
+                    // segment is found again by the next listing.
                     for segments in self.pending.values_mut() {
                         segments.retain(|_, pending| pending.path != *path);
                     }
+                    return Err(sluice_core::Error::NotFound { path }.into());
                 }
-            })?;
-        let mut last_sequences = BTreeMap::new();
-        for ((producer, sequence, path), segment) in chosen.iter().zip(&segments) {
-            anyhow::ensure!(
-                segment.header.producer == *producer && segment.header.sequence == *sequence,
-                "segment {path} says it is {}/{}",
-                segment.header.producer,
-                segment.header.sequence
-            );
+                Err(error) => return Err(error.into()),
+            };
+            segments.push(segment);
             last_sequences.insert(producer.clone(), *sequence);
         }
 
@@ -459,6 +465,62 @@ impl Replicator {
             rows,
             duplicates,
             table_version: version,
+        })
+    }
+
+    /// The segment `read` gave, if it decodes and is the one expected at (producer, sequence).
+    /// One that does not, read a second time to rule out a fault in transit, is quarantined:
+    /// it is replicated as an empty segment, so its producer and every other go on, and a
+    /// dead letter says why. Store errors are returned, to be retried.
+    async fn verified(
+        &self,
+        producer: &str,
+        sequence: u64,
+        path: &str,
+        read: sluice_core::Result<Segment>,
+    ) -> sluice_core::Result<Segment> {
+        let is_expected =
+            |s: &Segment| s.header.producer == producer && s.header.sequence == sequence;
+        let first = match read {
+            Ok(segment) if is_expected(&segment) => return Ok(segment),
+            Err(error) if !error.is_undecodable() => return Err(error),
+            first => first,
+        };
+        let reason = match self.master.read_segment(path).await {
+            Ok(segment) if is_expected(&segment) => return Ok(segment),
+            Ok(segment) => format!(
+                "the segment at {path} says it is {}/{}",
+                segment.header.producer, segment.header.sequence
+            ),
+            Err(error) if error.is_undecodable() => error.to_string(),
+            Err(error) => return Err(error),
+        };
+        tracing::error!(
+            path,
+            reason,
+            first = ?first.err().map(|e| e.to_string()),
+            "quarantining a master segment that cannot be replicated; its producer goes on"
+        );
+        let letter = DeadLetter {
+            kind: LetterKind::Quarantined,
+            producer: producer.to_string(),
+            sequence,
+            reason,
+            at_micros: chrono::Utc::now().timestamp_micros(),
+            rows: 0,
+            segment: Some(path.to_string()),
+            notifications: Vec::new(),
+        };
+        self.master.dead_letters().write(&letter).await?;
+        self.progress.quarantined.fetch_add(1, Ordering::Relaxed);
+        Ok(Segment {
+            header: SegmentHeader {
+                producer: producer.to_string(),
+                sequence,
+                rows: 0,
+                crc32c: 0,
+            },
+            records: Vec::new(),
         })
     }
 

@@ -69,6 +69,12 @@ impl Error {
         }
     }
 
+    /// Whether an object was read but its bytes are not a valid segment: reading it again
+    /// gives the same answer, so waiting for it would wait forever.
+    pub fn is_undecodable(&self) -> bool {
+        matches!(self, Error::InvalidSegment { .. } | Error::Avro(_))
+    }
+
     pub(crate) fn object_store(path: impl Into<String>, source: object_store::Error) -> Self {
         match source {
             object_store::Error::NotFound { .. } => Error::NotFound { path: path.into() },

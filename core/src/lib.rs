@@ -10,11 +10,14 @@
 //! - [`master`]: the master store itself, segments keyed by (producer, sequence) and written
 //!   put-if-absent, so that a retried batch can never be stored twice.
 //! - [`producer`]: a producer's id and the secret that proves a caller owns it.
+//! - [`dead_letter`]: batches refused for good and segments that cannot be decoded, kept with
+//!   their reasons so that nothing waits on them.
 //!
 //! Data moves: ingest-api parses and validates a [`Notification`], keeps it gray in shared memory,
 //! and sends it in a batch to the publisher, which writes it with [`master::MasterStore`].
 
 pub mod color;
+pub mod dead_letter;
 pub mod error;
 pub mod master;
 pub mod notification;

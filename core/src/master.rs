@@ -14,6 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::Notification;
+use crate::dead_letter::DeadLetters;
 use crate::error::{Error, Result};
 use crate::segment::{self, Segment};
 
@@ -116,6 +117,22 @@ impl MasterStore {
         }
     }
 
+    /// Fills a refused batch's place in its producer's sequence with an empty segment, so that
+    /// the replica, which takes a producer's segments in order, goes on past it. A segment that
+    /// already sits there (an earlier attempt of the batch landed after all, or the other batch
+    /// that made the key collide) fills the place as well: then nothing is written.
+    pub async fn fill_gap(&self, producer: &str, sequence: u64) -> Result<SegmentWrite> {
+        match self.write_segment(producer, sequence, Arc::from([])).await {
+            Err(Error::SegmentConflict { path, .. }) => Ok(SegmentWrite::AlreadyPresent { path }),
+            other => other,
+        }
+    }
+
+    /// The dead letters kept beside this master store.
+    pub fn dead_letters(&self) -> DeadLetters {
+        DeadLetters::new(self.store.clone())
+    }
+
     /// The idempotency keys `(platform, id)` stored by the incarnations of ingest node `node_id`
     /// (producers `<node_id>-<32 hex digits>`), in the segments written at most `window_micros`
     /// before the newest of them. An ingest node that restarts after a crash asks for its
@@ -144,9 +161,20 @@ impl MasterStore {
         let recent = mine
             .into_iter()
             .filter(|s| s.last_modified_micros >= newest.saturating_sub(window_micros));
+        // A segment that cannot be decoded holds no key anyone can be answered from: the
+        // consumer quarantines it, and it must not keep this node from starting.
         let segments: Vec<Segment> = futures::stream::iter(recent)
-            .map(|s| async move { self.read_segment(&s.path).await })
+            .map(|s| async move {
+                match self.read_segment(&s.path).await {
+                    Err(e) if e.is_undecodable() => {
+                        tracing::warn!(error = %e, "skipping a segment that cannot be decoded");
+                        Ok(None)
+                    }
+                    read => read.map(Some),
+                }
+            })
             .buffer_unordered(8)
+            .try_filter_map(|segment| async move { Ok(segment) })
             .try_collect()
             .await?;
         Ok(segments

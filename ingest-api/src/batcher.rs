@@ -9,9 +9,14 @@
 //!
 //! A failed Append is retried with the same (producer, sequence) and the same rows until it
 //! succeeds: the publisher writes put-if-absent, so a retry after a lost answer stores
-//! nothing twice. Only an abandon signal (a shutdown that ran out of time) stops the retries,
-//! and then the rows that were not stored are counted and reported.
+//! nothing twice. An Append refused for a reason no retry cures (the batch is invalid, or its
+//! key holds a different batch: [`is_refusal`]) ends that batch instead of wedging the node:
+//! the publisher keeps it as a dead letter and fills its place in the sequence, its waiters
+//! are told, and the batcher goes on with the next sequence. Only an abandon signal (a
+//! shutdown that ran out of time) stops the retries, and then the rows that were not stored
+//! are counted and reported.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +47,8 @@ pub struct BatcherReport {
     pub rows: u64,
     /// Rows that were never stored because the batcher was abandoned.
     pub lost: u64,
+    /// Rows of batches the publisher refused for good, kept as dead letters.
+    pub dead_lettered: u64,
 }
 
 pub struct Batcher {
@@ -87,30 +94,48 @@ impl Batcher {
         while let Some(batch) = self.next_batch().await {
             let rows = batch.len() as u64;
             let sequence = self.next_sequence;
-            if self.publish(&batch, &abandon).await {
-                report.batches += 1;
-                report.rows += rows;
-                // The tracker outlives the batcher; if it is gone, nobody waits for green.
-                let _ = self.durable.send(DurableBatch {
-                    sequence,
-                    records: batch,
-                    durable_at: std::time::Instant::now(),
-                });
-            } else {
-                report.lost += rows;
-                // Abandoned: count what is left without trying to store it.
-                self.staged.close();
-                while self.staged.recv().await.is_some() {
-                    report.lost += 1;
+            let kept = match self.publish(&batch, &abandon).await {
+                Published::Stored => {
+                    report.batches += 1;
+                    report.rows += rows;
+                    // The tracker outlives the batcher; if it is gone, nobody waits for green.
+                    let _ = self.durable.send(DurableBatch {
+                        sequence,
+                        records: batch,
+                        durable_at: std::time::Instant::now(),
+                    });
+                    true
                 }
-                tracing::error!(
-                    lost = report.lost,
-                    "shutdown timed out: gray notifications were not stored"
-                );
+                Published::Refused(refusal) => {
+                    let kept = self.dead_letter(&batch, &refusal, &abandon).await;
+                    if kept {
+                        report.dead_lettered += rows;
+                        self.memory.refuse(&batch, DEAD_LETTERED);
+                    }
+                    kept
+                }
+                Published::Abandoned => false,
+            };
+            if !kept {
+                report.lost += rows;
+                self.drain_abandoned(&mut report).await;
                 break;
             }
+            self.next_sequence += 1;
         }
         report
+    }
+
+    /// Counts what is left without trying to store it, once the batcher is abandoned.
+    async fn drain_abandoned(&mut self, report: &mut BatcherReport) {
+        self.staged.close();
+        while self.staged.recv().await.is_some() {
+            report.lost += 1;
+        }
+        tracing::error!(
+            lost = report.lost,
+            "shutdown timed out: gray notifications were not stored"
+        );
     }
 
     /// Waits for the first staged row, then gathers more until a limit closes the batch.
@@ -140,8 +165,12 @@ impl Batcher {
         Some(batch)
     }
 
-    /// Appends one batch, retrying until it is stored (true) or `abandon` fires (false).
-    async fn publish(&mut self, batch: &[Arc<Notification>], abandon: &CancellationToken) -> bool {
+    /// Appends one batch, retrying until it is stored, refused for good, or `abandon` fires.
+    async fn publish(
+        &mut self,
+        batch: &[Arc<Notification>],
+        abandon: &CancellationToken,
+    ) -> Published {
         let sequence = self.next_sequence;
         // Built from the batch on each attempt: a retry re-converts, the usual single attempt
         // converts once and copies nothing more.
@@ -151,45 +180,183 @@ impl Batcher {
             notifications: batch.iter().map(|n| v1::Notification::from(&**n)).collect(),
             producer_proof: self.producer.proof.clone(),
         };
-        let mut backoff = FIRST_BACKOFF;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
+        let publisher = self.publisher.clone();
+        let answer = retry("append", sequence, abandon, is_refusal, || {
+            let mut publisher = publisher.clone();
             let mut request = tonic::Request::new(message());
             request.set_timeout(APPEND_TIMEOUT);
-            let answer = tokio::select! {
-                answer = self.publisher.append(request) => answer,
-                () = abandon.cancelled() => return false,
-            };
-            match answer {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    tracing::debug!(
-                        sequence,
-                        rows = batch.len(),
-                        segment = response.segment_key,
-                        attempt,
-                        "batch durable"
-                    );
-                    self.memory.mark_durable(batch);
-                    self.next_sequence += 1;
-                    return true;
-                }
-                Err(status) => {
-                    tracing::warn!(
-                        sequence,
-                        attempt,
-                        code = ?status.code(),
-                        message = status.message(),
-                        "append failed; retrying the same batch"
-                    );
-                }
+            async move { publisher.append(request).await }
+        })
+        .await;
+        match answer {
+            Some(Ok(response)) => {
+                let response = response.into_inner();
+                tracing::debug!(
+                    sequence,
+                    rows = batch.len(),
+                    segment = response.segment_key,
+                    "batch durable"
+                );
+                self.memory.mark_durable(batch);
+                Published::Stored
             }
-            tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = abandon.cancelled() => return false,
+            Some(Err(refusal)) => {
+                tracing::error!(
+                    sequence,
+                    rows = batch.len(),
+                    code = ?refusal.code(),
+                    message = refusal.message(),
+                    "the publisher refused the batch for good; keeping it as a dead letter"
+                );
+                Published::Refused(refusal)
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            None => Published::Abandoned,
+        }
+    }
+
+    /// Hands a refused batch to the publisher as a dead letter, retrying until it is kept
+    /// (true) or `abandon` fires (false). Only then does the batcher take the next sequence.
+    async fn dead_letter(
+        &mut self,
+        batch: &[Arc<Notification>],
+        refusal: &tonic::Status,
+        abandon: &CancellationToken,
+    ) -> bool {
+        let sequence = self.next_sequence;
+        let rows: Vec<serde_json::Value> = batch.iter().map(|n| n.to_json()).collect();
+        let notifications_json = serde_json::to_vec(&rows).expect("JSON values serialize");
+        let request = v1::DeadLetterRequest {
+            producer_id: self.producer.id.clone(),
+            producer_proof: self.producer.proof.clone(),
+            sequence,
+            reason: format!("{:?}: {}", refusal.code(), refusal.message()),
+            notifications_json,
+        };
+        let publisher = self.publisher.clone();
+        // Nothing refuses a letter for good; a misconfigured node keeps trying, and says so.
+        let answer = retry(
+            "dead letter",
+            sequence,
+            abandon,
+            |_| false,
+            || {
+                let mut publisher = publisher.clone();
+                let mut request = tonic::Request::new(request.clone());
+                request.set_timeout(APPEND_TIMEOUT);
+                async move { publisher.dead_letter(request).await }
+            },
+        )
+        .await;
+        match answer {
+            Some(Ok(response)) => {
+                tracing::warn!(
+                    sequence,
+                    rows = batch.len(),
+                    letter = response.into_inner().letter_id,
+                    "batch kept as a dead letter; going on with the next"
+                );
+                true
+            }
+            Some(Err(_)) | None => false,
+        }
+    }
+}
+
+/// What the waiters of a dead-lettered batch are told.
+const DEAD_LETTERED: &str = "the master store refused the batch holding these notifications \
+    for a reason that retrying that batch cannot cure; they are kept as a dead letter for an \
+    operator (GET /v1/admin/dead-letters), and sending them again stores them in a new batch";
+
+/// What became of a batch.
+enum Published {
+    Stored,
+    /// The publisher refused it for a reason that no retry cures.
+    Refused(tonic::Status),
+    /// `abandon` fired first.
+    Abandoned,
+}
+
+/// Whether the publisher refused a batch for good: the batch itself is invalid, too large, or
+/// its key holds a different batch. Everything else (the store or a publisher away, a missing
+/// cluster secret or producer proof, which an operator mends) is retried.
+pub(crate) fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::AlreadyExists
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::OutOfRange
+    )
+}
+
+/// Calls `call` until it succeeds or fails in a way `gives_up` accepts (`Some`), backing off
+/// between attempts, or until `abandon` fires (`None`).
+async fn retry<T, F, Fut>(
+    what: &str,
+    sequence: u64,
+    abandon: &CancellationToken,
+    gives_up: impl Fn(&tonic::Status) -> bool,
+    call: F,
+) -> Option<Result<T, tonic::Status>>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let mut backoff = FIRST_BACKOFF;
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let answer = tokio::select! {
+            answer = call() => answer,
+            () = abandon.cancelled() => return None,
+        };
+        match answer {
+            Ok(value) => return Some(Ok(value)),
+            Err(status) if gives_up(&status) => return Some(Err(status)),
+            Err(status) => {
+                tracing::warn!(
+                    what,
+                    sequence,
+                    attempt,
+                    code = ?status.code(),
+                    message = status.message(),
+                    "call failed; retrying it as it was"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            () = abandon.cancelled() => return None,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refusals_that_no_retry_cures_end_a_batch() {
+        for code in [
+            tonic::Code::InvalidArgument,
+            tonic::Code::AlreadyExists,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::OutOfRange,
+        ] {
+            assert!(is_refusal(&tonic::Status::new(code, "")), "{code:?}");
+        }
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Unauthenticated,
+            tonic::Code::PermissionDenied,
+            tonic::Code::Internal,
+            tonic::Code::Unknown,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::Cancelled,
+        ] {
+            assert!(!is_refusal(&tonic::Status::new(code, "")), "{code:?}");
         }
     }
 }

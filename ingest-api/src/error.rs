@@ -32,6 +32,10 @@ pub enum ApiError {
     Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The store refused a batch holding the request's notifications for good; the message
+    /// says where they are kept. A server fault, not the client's, so a 5xx that says why.
+    #[error("{0}")]
+    Refused(String),
     /// No key, an unknown key, or a key whose scope does not cover the call.
     #[error(transparent)]
     Auth(#[from] sluice_auth::AuthError),
@@ -47,7 +51,7 @@ impl ApiError {
             ApiError::MemoryFull { .. } | ApiError::Unavailable(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::Refused(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(error) => error.status(),
         }
     }

@@ -8,6 +8,7 @@
 //!   waiting requests are answered.
 //! - [`green`]: asks the consumer how far this producer's batches are in the replica, turns
 //!   them green, and evicts green entries after a TTL (they turn red).
+//! - [`admin`]: dead letters for operators: list, read, replay.
 //! - [`error`]: the one mapping from errors to HTTP answers.
 //!
 //! Every endpoint but the probes needs an API key ([`sluice_auth`]) unless auth is off: a
@@ -19,6 +20,7 @@
 //! uuid commits to a secret that only this process knows and sends with each Append, so no
 //! other caller can append under its id ([`sluice_core::producer`]).
 
+pub mod admin;
 pub mod batcher;
 pub mod body;
 pub mod error;
@@ -173,6 +175,15 @@ pub fn router(state: AppState) -> Router {
             get(routes::get_memory_post),
         )
         .route("/v1/stats", get(routes::stats))
+        .route("/v1/admin/dead-letters", get(admin::list))
+        .route(
+            "/v1/admin/dead-letters/{kind}/{producer}/{sequence}",
+            get(admin::get),
+        )
+        .route(
+            "/v1/admin/dead-letters/{kind}/{producer}/{sequence}/replay",
+            post(admin::replay),
+        )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .fallback(routes::not_found)

@@ -10,7 +10,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -40,6 +40,8 @@ struct Entry {
 pub struct AckWaiter {
     remaining: AtomicUsize,
     done: Notify,
+    /// Set when an entry it waited for will never get there (its batch was dead-lettered).
+    failure: OnceLock<&'static str>,
 }
 
 impl AckWaiter {
@@ -47,7 +49,13 @@ impl AckWaiter {
         Arc::new(AckWaiter {
             remaining: AtomicUsize::new(1),
             done: Notify::new(),
+            failure: OnceLock::new(),
         })
+    }
+
+    /// Why an entry the request waited for will never reach its color, if one will not.
+    pub fn failure(&self) -> Option<&'static str> {
+        self.failure.get().copied()
     }
 
     fn add(&self) {
@@ -231,6 +239,27 @@ impl SharedMemory {
         self.advance(records, Color::Blue);
     }
 
+    /// Forgets the entries of a batch the publisher refused for good (it is kept as a dead
+    /// letter), so that sending them again stores them; tells their waiters why and wakes them.
+    pub fn refuse(&self, records: &[Arc<Notification>], reason: &'static str) {
+        for record in records {
+            let Some((_, entry)) = self
+                .entries
+                .remove_if(&key_of(record), |_, e| Arc::ptr_eq(&e.record, record))
+            else {
+                continue;
+            };
+            self.counter(entry.color).fetch_sub(1, Ordering::Relaxed);
+            self.used_bytes
+                .fetch_sub(entry.record.approx_size(), Ordering::AcqRel);
+            self.forget_post_link(&entry.record);
+            for (_, waiter) in entry.waiters {
+                let _ = waiter.failure.set(reason);
+                waiter.release();
+            }
+        }
+    }
+
     /// Turns the batch's entries green (they are in the replica) and wakes the requests that
     /// waited for them. From now on their TTL runs and they may be evicted.
     pub fn mark_replicated(&self, records: &[Arc<Notification>]) {
@@ -299,14 +328,18 @@ impl SharedMemory {
                 self.green.fetch_sub(1, Ordering::Relaxed);
                 self.evicted.fetch_add(1, Ordering::Relaxed);
                 evicted += 1;
-                if let Some(post_id) = &entry.record.post_id {
-                    let post = (entry.record.platform.clone(), post_id.clone());
-                    if let Some(mut ids) = self.by_post.get_mut(&post) {
-                        ids.remove(&entry.record.id);
-                    }
-                    self.by_post.remove_if(&post, |_, ids| ids.is_empty());
-                }
+                self.forget_post_link(&entry.record);
             }
+        }
+    }
+
+    fn forget_post_link(&self, record: &Notification) {
+        if let Some(post_id) = &record.post_id {
+            let post = (record.platform.clone(), post_id.clone());
+            if let Some(mut ids) = self.by_post.get_mut(&post) {
+                ids.remove(&record.id);
+            }
+            self.by_post.remove_if(&post, |_, ids| ids.is_empty());
         }
     }
 
@@ -509,5 +542,42 @@ mod tests {
         // A duplicate costs nothing once admitted, so it fits when reserved space allows.
         memory.admit(vec![note("1")], None).unwrap();
         assert_eq!(memory.stats().used_bytes, one * 2);
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_is_forgotten_and_its_waiters_are_told() {
+        let memory = SharedMemory::new(1 << 20);
+        let first = AckWaiter::new();
+        let about_post = |id: &str| Notification {
+            post_id: Some("post-r".into()),
+            ..note(id)
+        };
+        let (_, staged) = memory
+            .admit(
+                vec![about_post("a"), note("b")],
+                Some((Color::Blue, &first)),
+            )
+            .unwrap();
+        let retry = AckWaiter::new();
+        memory
+            .admit(vec![note("b")], Some((Color::Blue, &retry)))
+            .unwrap();
+        memory.refuse(&staged, "refused");
+        first.wait().await;
+        retry.wait().await;
+        assert_eq!(first.failure(), Some("refused"));
+        assert_eq!(retry.failure(), Some("refused"));
+        assert!(memory.get("p", "a").is_none() && memory.post("p", "post-r").is_empty());
+        let stats = memory.stats();
+        assert_eq!((stats.entries, stats.gray, stats.used_bytes), (0, 0, 0));
+        // Sent again, they are new notifications, and a waiter that saw no refusal has none.
+        let again = AckWaiter::new();
+        let (outcomes, staged) = memory
+            .admit(vec![note("a")], Some((Color::Blue, &again)))
+            .unwrap();
+        assert_eq!(outcomes, vec![Admitted::Accepted]);
+        memory.mark_durable(&staged);
+        again.wait().await;
+        assert_eq!(again.failure(), None);
     }
 }

@@ -124,39 +124,7 @@ pub(crate) async fn post_notifications(
         return Ok((StatusCode::BAD_REQUEST, Json(json!(answer))));
     }
 
-    let wait_for = match ack {
-        Ack::Staged => None,
-        Ack::Durable => Some(Color::Blue),
-        Ack::Replicated => Some(Color::Green),
-    };
-    let waiter = wait_for.map(|_| AckWaiter::new());
-    let (outcomes, staged) = state
-        .memory
-        .admit(candidates, wait_for.zip(waiter.as_ref()))
-        .map_err(|full| ApiError::MemoryFull {
-            used: full.used,
-            budget: full.budget,
-        })?;
-    for record in staged {
-        // The batcher lives as long as any sender, and this state holds one.
-        let _ = state.staged.send(record);
-    }
-
-    if let Some(waiter) = waiter {
-        let timeout = Duration::from_secs(state.config.ack_timeout_secs);
-        if tokio::time::timeout(timeout, waiter.wait()).await.is_err() {
-            let (state_wanted, service) = match ack {
-                Ack::Replicated => ("replicated", "consumer"),
-                _ => ("durable", "publisher"),
-            };
-            return Err(ApiError::Unavailable(format!(
-                "the notifications were accepted but are not {state_wanted} after {}s (is the \
-                 {service} reachable?); they stay queued, and retrying this request is safe: \
-                 it will not store anything twice",
-                timeout.as_secs()
-            )));
-        }
-    }
+    let outcomes = admit_and_wait(&state, candidates, ack).await?;
 
     let mut accepted = 0;
     let mut duplicates = Vec::new();
@@ -192,6 +160,52 @@ pub(crate) async fn post_notifications(
         rejected,
     };
     Ok((status, Json(json!(answer))))
+}
+
+/// Admits notifications into shared memory, hands the new ones to the batcher, and waits until
+/// every one of them (new or duplicate) reached the color `ack` asks for.
+pub(crate) async fn admit_and_wait(
+    state: &AppState,
+    candidates: Vec<Notification>,
+    ack: Ack,
+) -> Result<Vec<Admitted>, ApiError> {
+    let wait_for = match ack {
+        Ack::Staged => None,
+        Ack::Durable => Some(Color::Blue),
+        Ack::Replicated => Some(Color::Green),
+    };
+    let waiter = wait_for.map(|_| AckWaiter::new());
+    let (outcomes, staged) = state
+        .memory
+        .admit(candidates, wait_for.zip(waiter.as_ref()))
+        .map_err(|full| ApiError::MemoryFull {
+            used: full.used,
+            budget: full.budget,
+        })?;
+    for record in staged {
+        // The batcher lives as long as any sender, and this state holds one.
+        let _ = state.staged.send(record);
+    }
+
+    if let Some(waiter) = waiter {
+        let timeout = Duration::from_secs(state.config.ack_timeout_secs);
+        if tokio::time::timeout(timeout, waiter.wait()).await.is_err() {
+            let (state_wanted, service) = match ack {
+                Ack::Replicated => ("replicated", "consumer"),
+                _ => ("durable", "publisher"),
+            };
+            return Err(ApiError::Unavailable(format!(
+                "the notifications were accepted but are not {state_wanted} after {}s (is the \
+                 {service} reachable?); they stay queued, and retrying this request is safe: \
+                 it will not store anything twice",
+                timeout.as_secs()
+            )));
+        }
+        if let Some(reason) = waiter.failure() {
+            return Err(ApiError::Refused(reason.to_string()));
+        }
+    }
+    Ok(outcomes)
 }
 
 /// `GET /v1/notifications/{platform}/{id}`

@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sluice_core::dead_letter::{DeadLetter, DeadLetters, LetterKind};
 use sluice_core::master::{MasterStore, SegmentWrite, check_producer_id};
 use sluice_core::storage::Storage;
 use sluice_core::{Error, Notification};
@@ -20,8 +21,10 @@ use sluice_proto::Channel;
 use sluice_proto::v1::consumer_client::ConsumerClient;
 use sluice_proto::v1::publisher_server::{Publisher, PublisherServer};
 use sluice_proto::v1::{
-    AppendRequest, AppendResponse, Key, RecentKeysChunk, RecentKeysRequest, SegmentStoredRequest,
-    StatusRequest, StatusResponse,
+    AppendRequest, AppendResponse, DeadLetterRequest, DeadLetterResponse, GetDeadLetterRequest,
+    GetDeadLetterResponse, Key, ListDeadLettersRequest, ListDeadLettersResponse, RecentKeysChunk,
+    RecentKeysRequest, ResolveDeadLetterResponse, SegmentStoredRequest, StatusRequest,
+    StatusResponse,
 };
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -29,6 +32,7 @@ use tonic::{Request, Response, Status};
 
 pub struct PublisherService {
     master: MasterStore,
+    letters: DeadLetters,
     status: StatusResponse,
     /// Told of every stored segment, so replication need not wait for its next listing.
     consumer: Option<ConsumerClient<Channel>>,
@@ -49,8 +53,10 @@ impl PublisherService {
                  only collide on retries of one batch, but use AWS S3 or MinIO in production"
             );
         }
+        let master = MasterStore::new(storage.store.clone());
         Ok(PublisherService {
-            master: MasterStore::new(storage.store.clone()),
+            letters: master.dead_letters(),
+            master,
             status: StatusResponse {
                 storage: storage.url.to_string(),
                 put_if_absent_enforced: enforced,
@@ -78,18 +84,7 @@ impl Publisher for PublisherService {
             notifications,
             producer_proof,
         } = request.into_inner();
-        check_producer_id(&producer_id).map_err(AppendError::from)?;
-        // Only the process that made the id holds the secret its uuid commits to: a forged
-        // batch under a live producer's id would otherwise take its next sequence and wedge it.
-        if !sluice_core::producer::proves(&producer_id, &producer_proof) {
-            return Err(Status::permission_denied(format!(
-                "producer {producer_id}: the producer proof does not match; only the ingest \
-                 process that made a producer id may append under it"
-            )));
-        }
-        if sequence == 0 {
-            return Err(Status::invalid_argument("sequence starts at 1"));
-        }
+        check_caller(&producer_id, &producer_proof, sequence)?;
         if notifications.is_empty() {
             return Err(Status::invalid_argument(
                 "an Append needs at least one notification",
@@ -120,23 +115,130 @@ impl Publisher for PublisherService {
                 0
             }
         };
-        if let Some(consumer) = &self.consumer {
-            announce(
-                consumer.clone(),
-                SegmentStoredRequest {
-                    producer_id,
-                    sequence,
-                    segment_key: written.path().to_string(),
-                    rows,
-                    bytes,
-                },
-            );
-        }
+        self.announce(SegmentStoredRequest {
+            producer_id,
+            sequence,
+            segment_key: written.path().to_string(),
+            rows,
+            bytes,
+        });
         Ok(Response::new(AppendResponse {
             segment_key: written.path().to_string(),
             rows,
             already_present: matches!(written, SegmentWrite::AlreadyPresent { .. }),
         }))
+    }
+
+    async fn dead_letter(
+        &self,
+        request: Request<DeadLetterRequest>,
+    ) -> Result<Response<DeadLetterResponse>, Status> {
+        let DeadLetterRequest {
+            producer_id,
+            producer_proof,
+            sequence,
+            reason,
+            notifications_json,
+        } = request.into_inner();
+        check_caller(&producer_id, &producer_proof, sequence)?;
+        let notifications: Vec<serde_json::Value> = serde_json::from_slice(&notifications_json)
+            .map_err(|e| {
+                Status::invalid_argument(format!("notifications_json is not a JSON array: {e}"))
+            })?;
+        let segment = MasterStore::segment_path(&producer_id, sequence)
+            .map_err(AppendError::from)?
+            .to_string();
+        let letter = DeadLetter {
+            kind: LetterKind::Refused,
+            producer: producer_id.clone(),
+            sequence,
+            reason,
+            at_micros: sluice_core::notification::now_micros(),
+            rows: notifications.len() as u64,
+            segment: Some(segment),
+            notifications,
+        };
+        // The letter first: once the gap is filled, the rows are nowhere else.
+        self.letters
+            .write(&letter)
+            .await
+            .map_err(AppendError::from)?;
+        let filled = self
+            .master
+            .fill_gap(&producer_id, sequence)
+            .await
+            .map_err(AppendError::from)?;
+        tracing::warn!(
+            letter = letter.id(),
+            rows = letter.rows,
+            reason = letter.reason,
+            "batch kept as a dead letter; its producer goes on"
+        );
+        let bytes = match &filled {
+            SegmentWrite::Created { bytes, .. } => *bytes as u64,
+            SegmentWrite::AlreadyPresent { .. } => 0,
+        };
+        self.announce(SegmentStoredRequest {
+            producer_id,
+            sequence,
+            segment_key: filled.path().to_string(),
+            rows: 0,
+            bytes,
+        });
+        Ok(Response::new(DeadLetterResponse {
+            letter_id: letter.id(),
+        }))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        request: Request<ListDeadLettersRequest>,
+    ) -> Result<Response<ListDeadLettersResponse>, Status> {
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            limit => limit.min(1000),
+        };
+        let (letters, total) = self
+            .letters
+            .list(
+                &[LetterKind::Refused, LetterKind::Quarantined],
+                limit as usize,
+            )
+            .await
+            .map_err(AppendError::from)?;
+        Ok(Response::new(ListDeadLettersResponse {
+            letters_json: letters.iter().map(letter_json).collect(),
+            total: total as u64,
+        }))
+    }
+
+    async fn get_dead_letter(
+        &self,
+        request: Request<GetDeadLetterRequest>,
+    ) -> Result<Response<GetDeadLetterResponse>, Status> {
+        let letter = self.read_letter(&request.into_inner().letter_id).await?;
+        Ok(Response::new(GetDeadLetterResponse {
+            letter_json: letter_json(&letter),
+        }))
+    }
+
+    async fn resolve_dead_letter(
+        &self,
+        request: Request<GetDeadLetterRequest>,
+    ) -> Result<Response<ResolveDeadLetterResponse>, Status> {
+        let letter = self.read_letter(&request.into_inner().letter_id).await?;
+        if letter.kind != LetterKind::Refused {
+            return Err(Status::failed_precondition(format!(
+                "dead letter {} is not a refused batch; only those are replayed",
+                letter.id()
+            )));
+        }
+        self.letters
+            .mark_replayed(&letter)
+            .await
+            .map_err(AppendError::from)?;
+        tracing::info!(letter = letter.id(), "dead letter replayed");
+        Ok(Response::new(ResolveDeadLetterResponse {}))
     }
 
     async fn status(
@@ -184,20 +286,56 @@ impl Publisher for PublisherService {
     }
 }
 
+impl PublisherService {
+    async fn read_letter(&self, id: &str) -> Result<DeadLetter, Status> {
+        if DeadLetters::parse_id(id).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a dead letter id: use <refused|quarantined|replayed>/<producer>/<sequence>"
+            )));
+        }
+        Ok(self.letters.read(id).await.map_err(AppendError::from)?)
+    }
+
+    /// Tells the consumer of a stored segment, in the background: the call has been answered
+    /// by then, and a lost announcement only delays replication until the consumer's next
+    /// listing.
+    fn announce(&self, segment: SegmentStoredRequest) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let mut consumer = consumer.clone();
+        tokio::spawn(async move {
+            let mut request = Request::new(segment);
+            request.set_timeout(Duration::from_secs(5));
+            if let Err(status) = consumer.segment_stored(request).await {
+                tracing::debug!(code = ?status.code(), message = status.message(), "consumer not told of a segment");
+            }
+        });
+    }
+}
+
+/// Only the process that made a producer id holds the secret its uuid commits to: a forged
+/// batch under a live producer's id would otherwise take its next sequence and wedge it.
+fn check_caller(producer_id: &str, proof: &str, sequence: u64) -> Result<(), Status> {
+    check_producer_id(producer_id).map_err(AppendError::from)?;
+    if !sluice_core::producer::proves(producer_id, proof) {
+        return Err(Status::permission_denied(format!(
+            "producer {producer_id}: the producer proof does not match; only the ingest \
+             process that made a producer id may append under it"
+        )));
+    }
+    if sequence == 0 {
+        return Err(Status::invalid_argument("sequence starts at 1"));
+    }
+    Ok(())
+}
+
+fn letter_json(letter: &DeadLetter) -> String {
+    serde_json::to_string(letter).expect("a dead letter serializes")
+}
+
 /// Keys per streamed message: about 1 MB each.
 const RECENT_KEYS_PER_CHUNK: usize = 10_000;
-
-/// Tells the consumer of a stored segment, in the background: the Append has been answered by
-/// then, and a lost announcement only delays replication until the consumer's next listing.
-fn announce(mut consumer: ConsumerClient<Channel>, segment: SegmentStoredRequest) {
-    tokio::spawn(async move {
-        let mut request = Request::new(segment);
-        request.set_timeout(Duration::from_secs(5));
-        if let Err(status) = consumer.segment_stored(request).await {
-            tracing::debug!(code = ?status.code(), message = status.message(), "consumer not told of a segment");
-        }
-    });
-}
 
 /// The one place storage errors become gRPC statuses.
 struct AppendError(Error);
@@ -212,6 +350,7 @@ impl From<AppendError> for Status {
     fn from(AppendError(e): AppendError) -> Self {
         match e {
             Error::InvalidProducerId(_) => Status::invalid_argument(e.to_string()),
+            Error::NotFound { .. } => Status::not_found(e.to_string()),
             Error::SegmentConflict { .. } => {
                 tracing::error!(error = %e, "refused to overwrite a different batch");
                 Status::already_exists(e.to_string())

@@ -5,6 +5,7 @@ mod analyst;
 mod auth;
 mod committer_failover;
 mod compose;
+mod dead_letters;
 mod differential;
 mod faults;
 mod k8s;
