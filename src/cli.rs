@@ -68,6 +68,8 @@ pub enum Command {
         #[command(flatten)]
         query_handler: sluice_query_handler::Config,
         #[command(flatten)]
+        metrics: MetricsAddr,
+        #[command(flatten)]
         cluster: sluice_auth::ClusterArgs,
     },
     /// The REST query API: SQL, query states, posts' state and audit trail.
@@ -89,6 +91,8 @@ pub enum Command {
         #[command(flatten)]
         consumer_addr: ConsumerAddr,
         #[command(flatten)]
+        metrics: MetricsAddr,
+        #[command(flatten)]
         cluster: sluice_auth::ClusterArgs,
     },
     /// The gRPC consumer that replicates master segments into the Parquet replica.
@@ -99,6 +103,8 @@ pub enum Command {
         consumer_addr: ConsumerAddr,
         #[command(flatten)]
         consumer: sluice_consumer::Config,
+        #[command(flatten)]
+        metrics: MetricsAddr,
         #[command(flatten)]
         cluster: sluice_auth::ClusterArgs,
     },
@@ -139,6 +145,14 @@ pub struct StorageArgs {
     /// configured by AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION.
     #[arg(long, env = "SLUICE_STORAGE", default_value = "file://./data")]
     pub storage: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct MetricsAddr {
+    /// Where this gRPC service serves `GET /metrics` (Prometheus text) over HTTP, e.g.
+    /// 0.0.0.0:9090; none when unset. The REST services serve /metrics on their own port.
+    #[arg(long, env = "SLUICE_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -30,32 +30,44 @@ use tokio_util::sync::CancellationToken;
 
 use sluice_ingest_api::Peers;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, MetricsAddr};
 
-/// Logs go to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, `info` by default.
+/// Logs go to stderr; `SLUICE_LOG` (or `RUST_LOG`) sets the filter, `info` by default, and
+/// `SLUICE_LOG_FORMAT=json` makes them JSON lines ([`sluice_telemetry::init_logs`]).
 pub fn init_tracing() {
-    let filter = std::env::var("SLUICE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_string());
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    if let Err(problem) = sluice_telemetry::init_logs() {
+        tracing::warn!("{problem}; logging as text");
+    }
+}
+
+/// Serves this gRPC service's `/metrics` on `--metrics-addr`, when one is given.
+async fn serve_metrics(
+    metrics: &MetricsAddr,
+    service: &'static str,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = &metrics.metrics_addr {
+        let listener = bind(addr, "metrics").await?;
+        tokio::spawn(sluice_telemetry::serve(listener, service, shutdown.clone()));
+    }
+    Ok(())
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
+    sluice_telemetry::install();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     match cli.command {
         Command::Publisher {
             storage,
             publisher,
             consumer_addr,
+            metrics,
             cluster,
         } => {
             secure_grpc(&cluster, false)?;
             let listener = bind(&publisher.publisher_addr, "publisher").await?;
+            serve_metrics(&metrics, "publisher", &shutdown).await?;
             let service =
                 open_publisher(&storage.storage, &consumer_addr.consumer_addr, &shutdown).await?;
             sluice_publisher::serve(listener, service, shutdown.cancelled_owned()).await?;
@@ -83,11 +95,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             query_handler_addr,
             replica_path,
             query_handler,
+            metrics,
             cluster,
         } => {
             secure_grpc(&cluster, false)?;
             query_handler.check()?;
             let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
+            serve_metrics(&metrics, "query-handler", &shutdown).await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)
                 .await?;
@@ -115,10 +129,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             storage,
             consumer_addr,
             consumer,
+            metrics,
             cluster,
         } => {
             secure_grpc(&cluster, false)?;
             let listener = bind(&consumer_addr.consumer_addr, "consumer").await?;
+            serve_metrics(&metrics, "consumer", &shutdown).await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
             sluice_consumer::serve(listener, storage, consumer, shutdown).await?;
             Ok(ExitCode::SUCCESS)

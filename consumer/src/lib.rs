@@ -41,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
+use sluice_telemetry::names;
+
 use crate::lease::{Fence, LeaseStore};
 use crate::maintenance::MaintenanceConfig;
 use crate::replica::Replica;
@@ -411,6 +413,8 @@ async fn commit_while_leased(
                 // Notices that arrived while standing by were refused; any left are stale.
                 while notices.try_recv().is_ok() {}
                 role.set(Some(replicator.progress()));
+                metrics::gauge!(names::LEASE_HELD).set(1.0);
+                metrics::gauge!(names::LEASE_EPOCH).set(fence.epoch() as f64);
                 health
                     .set_serving::<ConsumerServer<ConsumerService>>()
                     .await;
@@ -425,6 +429,7 @@ async fn commit_while_leased(
                     .set_not_serving::<ConsumerServer<ConsumerService>>()
                     .await;
                 role.set(None);
+                metrics::gauge!(names::LEASE_HELD).set(0.0);
                 if let Err(error) = maintaining.await {
                     tracing::error!(%error, "the maintenance task failed");
                 }

@@ -37,6 +37,7 @@ use futures::StreamExt;
 use sluice_core::dead_letter::{DeadLetter, LetterKind};
 use sluice_core::master::MasterStore;
 use sluice_core::segment::{Segment, SegmentHeader};
+use sluice_telemetry::names;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -216,9 +217,11 @@ impl Replicator {
                 }
                 () = sleep_until(deadline) => {}
             }
+            self.report_pending();
             if self.round_is_due()
                 && let Err(error) = self.replicate_round().await
             {
+                metrics::counter!(names::REPLICATION_ROUND_FAILURES).increment(1);
                 tracing::warn!(%error, "replication round failed; retrying");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
@@ -317,6 +320,19 @@ impl Replicator {
         })
     }
 
+    /// Sets the gauges of what waits: how many segments, and how long the oldest has.
+    fn report_pending(&self) {
+        let segments = self.pending.values().map(BTreeMap::len).sum::<usize>();
+        let oldest = self
+            .pending
+            .values()
+            .flat_map(|segments| segments.values().map(|p| p.since))
+            .min();
+        metrics::gauge!(names::REPLICATION_PENDING_SEGMENTS).set(segments as f64);
+        metrics::gauge!(names::REPLICATION_LAG_SECONDS)
+            .set(oldest.map_or(0.0, |o| o.elapsed().as_secs_f64()));
+    }
+
     fn oldest_ready(&self) -> Option<Instant> {
         self.ready().map(|(_, _, p)| p.since).min()
     }
@@ -349,6 +365,7 @@ impl Replicator {
         self.pending.retain(|_, segments| !segments.is_empty());
 
         // 2. Take ready segments in order, within the bounds of one round.
+        let chosen_at = Instant::now();
         let (mut rows, mut bytes) = (0, 0);
         let mut chosen: Vec<(String, u64, String)> = Vec::new();
         for (producer, sequence, pending) in self.ready() {
@@ -430,6 +447,7 @@ impl Replicator {
         let rows = batch.num_rows();
 
         // 4. Rows and versions in one atomic commit.
+        let round_started = chosen_at;
         let version = self
             .replica
             .append(vec![batch], &last_sequences, &self.fence)
@@ -459,6 +477,13 @@ impl Replicator {
         self.progress
             .table_version
             .store(version, Ordering::Release);
+        metrics::histogram!(names::REPLICA_COMMIT_SECONDS)
+            .record(round_started.elapsed().as_secs_f64());
+        metrics::counter!(names::REPLICATED_ROWS).increment(rows as u64);
+        metrics::counter!(names::REPLICATED_SEGMENTS).increment(chosen.len() as u64);
+        metrics::counter!(names::REPLICA_DUPLICATES_DROPPED).increment(duplicates as u64);
+        metrics::gauge!(names::REPLICA_VERSION).set(version as f64);
+        self.report_pending();
         tracing::debug!(segments = chosen.len(), rows, version, "replicated");
         Ok(RoundReport {
             segments: chosen.len(),
@@ -513,6 +538,7 @@ impl Replicator {
         };
         self.master.dead_letters().write(&letter).await?;
         self.progress.quarantined.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(names::DEAD_LETTERS, "kind" => "quarantined").increment(1);
         Ok(Segment {
             header: SegmentHeader {
                 producer: producer.to_string(),

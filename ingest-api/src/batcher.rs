@@ -25,11 +25,13 @@ use sluice_core::producer::ProducerIdentity;
 use sluice_proto::Channel;
 use sluice_proto::v1;
 use sluice_proto::v1::publisher_client::PublisherClient;
+use sluice_telemetry::names;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::green::DurableBatch;
+use crate::health::WriteHealth;
 use crate::memory::SharedMemory;
 
 /// How a batch is closed.
@@ -60,6 +62,7 @@ pub struct Batcher {
     producer: ProducerIdentity,
     next_sequence: u64,
     limits: BatchLimits,
+    health: Arc<WriteHealth>,
 }
 
 /// A single Append attempt may take this long before it is retried.
@@ -75,6 +78,7 @@ impl Batcher {
         durable: mpsc::UnboundedSender<DurableBatch>,
         producer: ProducerIdentity,
         limits: BatchLimits,
+        health: Arc<WriteHealth>,
     ) -> Self {
         Batcher {
             staged,
@@ -84,6 +88,7 @@ impl Batcher {
             producer,
             next_sequence: 1,
             limits,
+            health,
         }
     }
 
@@ -94,10 +99,19 @@ impl Batcher {
         while let Some(batch) = self.next_batch().await {
             let rows = batch.len() as u64;
             let sequence = self.next_sequence;
-            let kept = match self.publish(&batch, &abandon).await {
+            let started = std::time::Instant::now();
+            self.health.batch_started();
+            let published = self.publish(&batch, &abandon).await;
+            let kept = match published {
                 Published::Stored => {
                     report.batches += 1;
                     report.rows += rows;
+                    metrics::counter!(names::BATCHES).increment(1);
+                    metrics::histogram!(names::BATCH_ROWS).record(rows as f64);
+                    let bytes: usize = batch.iter().map(|n| n.approx_size()).sum();
+                    metrics::histogram!(names::BATCH_BYTES).record(bytes as f64);
+                    metrics::histogram!(names::APPEND_SECONDS)
+                        .record(started.elapsed().as_secs_f64());
                     // The tracker outlives the batcher; if it is gone, nobody waits for green.
                     let _ = self.durable.send(DurableBatch {
                         sequence,
@@ -110,12 +124,14 @@ impl Batcher {
                     let kept = self.dead_letter(&batch, &refusal, &abandon).await;
                     if kept {
                         report.dead_lettered += rows;
+                        metrics::counter!(names::DEAD_LETTERED_ROWS).increment(rows);
                         self.memory.refuse(&batch, DEAD_LETTERED);
                     }
                     kept
                 }
                 Published::Abandoned => false,
             };
+            self.health.batch_done();
             if !kept {
                 report.lost += rows;
                 self.drain_abandoned(&mut report).await;
@@ -314,6 +330,8 @@ where
             Ok(value) => return Some(Ok(value)),
             Err(status) if gives_up(&status) => return Some(Err(status)),
             Err(status) => {
+                metrics::counter!(names::APPEND_RETRIES, "call" => what.to_string(), "code" => format!("{:?}", status.code()))
+                    .increment(1);
                 tracing::warn!(
                     what,
                     sequence,

@@ -20,6 +20,7 @@ use sluice_proto::v1::consumer_client::ConsumerClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::WriteHealth;
 use crate::memory::SharedMemory;
 
 /// A batch the master store confirmed, waiting to be replicated.
@@ -107,6 +108,7 @@ pub struct GreenTracker {
     pub poll: Duration,
     /// How long an entry stays green before it is evicted (turns red).
     pub ttl: Duration,
+    pub health: Arc<WriteHealth>,
 }
 
 impl GreenTracker {
@@ -119,7 +121,10 @@ impl GreenTracker {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 batch = self.durable.recv(), if batcher_running => match batch {
-                    Some(batch) => waiting.push_back(batch),
+                    Some(batch) => {
+                        waiting.push_back(batch);
+                        self.note_oldest(&waiting);
+                    }
                     // The batcher is gone: nothing new will become durable.
                     None => batcher_running = false,
                 },
@@ -149,7 +154,19 @@ impl GreenTracker {
             let batch = waiting.pop_front().expect("front exists");
             self.memory.mark_replicated(&batch.records);
             self.freshness.record(&batch);
+            metrics::histogram!(sluice_telemetry::names::DURABLE_TO_GREEN_SECONDS)
+                .record(batch.durable_at.elapsed().as_secs_f64());
         }
+        self.note_oldest(waiting);
+    }
+
+    fn note_oldest(&self, waiting: &VecDeque<DurableBatch>) {
+        let now = sluice_core::notification::now_micros();
+        self.health.set_oldest_unreplicated(
+            waiting
+                .front()
+                .map(|b| now - b.durable_at.elapsed().as_micros() as i64),
+        );
     }
 }
 

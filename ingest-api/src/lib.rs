@@ -25,6 +25,7 @@ pub mod batcher;
 pub mod body;
 pub mod error;
 pub mod green;
+pub mod health;
 pub mod memory;
 pub mod routes;
 
@@ -49,6 +50,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::batcher::{BatchLimits, Batcher, BatcherReport};
 use crate::green::{Freshness, GreenTracker};
+use crate::health::WriteHealth;
 use crate::memory::SharedMemory;
 
 /// The ingest API's own settings. The publisher's address and the storage are shared flags of
@@ -97,6 +99,10 @@ pub struct Config {
     /// a duplicate, not a second copy (0: off). Keep it above --ack-timeout-secs.
     #[arg(long, env = "SLUICE_RECOVER_WINDOW_SECS", default_value_t = 60)]
     pub recover_window_secs: u64,
+    /// `/readyz` says not ready once a durable batch has waited this many seconds for the
+    /// replica (the consumer is away or far behind).
+    #[arg(long, env = "SLUICE_READY_MAX_LAG_SECS", default_value_t = 300)]
+    pub ready_max_lag_secs: u64,
 }
 
 impl Config {
@@ -115,6 +121,7 @@ impl Config {
             green_poll_ms: 20,
             node_id: "test".to_string(),
             recover_window_secs: 60,
+            ready_max_lag_secs: 300,
         }
     }
 }
@@ -154,6 +161,7 @@ pub struct AppState {
     pub producer_id: Arc<str>,
     /// The API keys calls are checked against (open when auth is off).
     pub keys: Arc<Keys>,
+    pub health: Arc<WriteHealth>,
 }
 
 impl FromRef<AppState> for Arc<Keys> {
@@ -186,8 +194,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .merge(sluice_telemetry::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            "ingest-api",
+            sluice_telemetry::track_http,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -240,7 +253,9 @@ pub fn build(
     let (staged, staged_rx) = mpsc::unbounded_channel();
     let (durable, durable_rx) = mpsc::unbounded_channel();
     let freshness = Arc::new(Freshness::default());
+    let health = Arc::new(WriteHealth::default());
     let green = GreenTracker {
+        health: health.clone(),
         durable: durable_rx,
         consumer,
         memory: memory.clone(),
@@ -261,6 +276,7 @@ pub fn build(
         durable,
         producer,
         limits,
+        health.clone(),
     );
     let query_handler = QueryHandlerClient::new(sluice_proto::lazy_channel(&peers.query_handler)?)
         .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES);
@@ -273,8 +289,35 @@ pub fn build(
         query_handler,
         producer_id: producer_id.into(),
         keys,
+        health,
     };
+    register_scrape_hook(&state);
     Ok((state, Workers { batcher, green }))
+}
+
+/// Sets the gauges read from this node's state before each scrape of `/metrics`. A weak
+/// reference: a hook must not keep a stopped node's memory alive.
+fn register_scrape_hook(state: &AppState) {
+    use sluice_telemetry::names;
+    let memory = Arc::downgrade(&state.memory);
+    let health = Arc::downgrade(&state.health);
+    sluice_telemetry::on_scrape(move || {
+        let (Some(memory), Some(health)) = (memory.upgrade(), health.upgrade()) else {
+            return;
+        };
+        let stats = memory.stats();
+        for (color, entries) in [
+            ("gray", stats.gray),
+            ("blue", stats.blue),
+            ("green", stats.green),
+        ] {
+            metrics::gauge!(names::MEMORY_ENTRIES, "color" => color).set(entries as f64);
+        }
+        metrics::gauge!(names::MEMORY_USED_BYTES).set(stats.used_bytes as f64);
+        metrics::gauge!(names::MEMORY_BUDGET_BYTES).set(stats.budget_bytes as f64);
+        metrics::counter!(names::MEMORY_EVICTED).absolute(stats.evicted);
+        metrics::gauge!(names::BATCH_IN_FLIGHT_SECONDS).set(health.in_flight().as_secs_f64());
+    });
 }
 
 /// How long recovered keys are kept: clients retry a request a crash left unanswered within

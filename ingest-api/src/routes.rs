@@ -14,6 +14,7 @@ use sluice_core::Color;
 use sluice_core::Notification;
 use sluice_core::notification::now_micros;
 use sluice_proto::v1::{GetNotificationRequest, StatusRequest};
+use sluice_telemetry::names;
 
 use crate::AppState;
 use crate::body::{self, Framing};
@@ -30,6 +31,16 @@ pub enum Ack {
     Durable,
     /// In the replica (green).
     Replicated,
+}
+
+impl Ack {
+    fn name(self) -> &'static str {
+        match self {
+            Ack::Staged => "staged",
+            Ack::Durable => "durable",
+            Ack::Replicated => "replicated",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,7 +102,10 @@ pub(crate) async fn post_notifications(
         .map(|v| v.to_str().unwrap_or("(not text)"));
     let framing = Framing::from_content_type(content_type)?;
     let body = body?;
+    let started = std::time::Instant::now();
+    metrics::histogram!(names::INGEST_REQUEST_BYTES).record(body.len() as f64);
     let items = body::parse(&body, framing, now_micros(), state.config.max_items)?;
+    metrics::histogram!(names::INGEST_REQUEST_NOTIFICATIONS).record(items.len() as f64);
 
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(items.len());
@@ -114,6 +128,10 @@ pub(crate) async fn post_notifications(
     for notification in &candidates {
         caller.require_write(&notification.platform)?;
     }
+    let count = |outcome: &'static str, n: usize| {
+        metrics::counter!(names::INGEST_NOTIFICATIONS, "outcome" => outcome).increment(n as u64);
+    };
+    count("rejected", rejected.len());
     if candidates.is_empty() {
         let answer = IngestResponse {
             ack,
@@ -149,6 +167,10 @@ pub(crate) async fn post_notifications(
             }
         }
     }
+    count("accepted", accepted);
+    count("duplicate", duplicates.len());
+    metrics::histogram!(names::INGEST_ACK_SECONDS, "ack" => ack.name())
+        .record(started.elapsed().as_secs_f64());
     let status = match ack {
         Ack::Staged => StatusCode::ACCEPTED,
         Ack::Durable | Ack::Replicated => StatusCode::OK,
@@ -279,28 +301,61 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: the publisher answers, so accepted notifications can become durable. It
-/// needs no key, so it shows nothing a caller could misuse (not the producer id).
+/// `GET /readyz`: this node can take writes and see them through. Not ready (503, naming each
+/// reason) when the publisher does not answer, the batcher has tried to store one batch for
+/// longer than the ack timeout, shared memory is full of notifications that are not in the
+/// replica yet, or a durable batch has waited longer than `--ready-max-lag-secs` for the
+/// replica. It needs no key, so it shows nothing a caller could misuse (not the producer id).
 pub(crate) async fn readyz(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut problems = Vec::new();
     let mut publisher = state.publisher.clone();
     let mut request = tonic::Request::new(StatusRequest {});
     request.set_timeout(Duration::from_secs(2));
-    let status = publisher
-        .status(request)
-        .await
-        .map_err(|s| {
-            ApiError::Unavailable(format!("the publisher does not answer: {}", s.message()))
-        })?
-        .into_inner();
-    Ok(Json(json!({
-        "status": "ready",
-        "publisher": {
-            "storage": status.storage,
-            "put_if_absent_enforced": status.put_if_absent_enforced,
-        },
-    })))
+    let status = match publisher.status(request).await {
+        Ok(status) => Some(status.into_inner()),
+        Err(s) => {
+            problems.push(format!("the publisher does not answer: {}", s.message()));
+            None
+        }
+    };
+    let in_flight = state.health.in_flight();
+    if in_flight > Duration::from_secs(state.config.ack_timeout_secs) {
+        problems.push(format!(
+            "the batcher has been trying to store one batch for {} s",
+            in_flight.as_secs()
+        ));
+    }
+    let memory = state.memory.stats();
+    if memory.green == 0 && memory.used_bytes >= memory.budget_bytes / 100 * 95 {
+        problems.push(format!(
+            "shared memory is full: {} of {} bytes hold notifications not yet in the replica",
+            memory.used_bytes, memory.budget_bytes
+        ));
+    }
+    let lag = state.health.replication_lag();
+    if lag > Duration::from_secs(state.config.ready_max_lag_secs) {
+        problems.push(format!(
+            "a durable batch has waited {} s for the replica (bound: --ready-max-lag-secs {})",
+            lag.as_secs(),
+            state.config.ready_max_lag_secs
+        ));
+    }
+    match status {
+        Some(status) if problems.is_empty() => Ok(Json(json!({
+            "status": "ready",
+            "publisher": {
+                "storage": status.storage,
+                "put_if_absent_enforced": status.put_if_absent_enforced,
+            },
+            "replication_lag_ms": lag.as_millis() as u64,
+        }))),
+        _ => Err(ApiError::Unavailable(format!(
+            "not ready: {}",
+            problems.join("; ")
+        ))),
+    }
 }
 
 /// `GET /v1/stats`: what shared memory holds, and how fresh the replica is. Any key may ask.

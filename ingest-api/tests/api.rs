@@ -424,6 +424,42 @@ async fn a_full_memory_answers_503_with_retry_after_and_keeps_what_it_holds() {
     );
     assert_eq!(stored_ids(&h.master).await, vec!["1", "2"]);
     assert_eq!(h.state.memory.stats().entries, 2);
+
+    // Full of notifications nothing can evict: not ready, and /readyz says why.
+    let (status, _) = get(&h.router, "/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = post(&h.router, "", "application/json", note("3").to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = get(&h.router, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("shared memory is full"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_whose_durable_batches_wait_too_long_for_the_replica_is_not_ready() {
+    let mut config = Config::for_tests();
+    config.ready_max_lag_secs = 1;
+    let h = harness(config).await;
+    let (status, body) = get(&h.router, "/readyz").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["replication_lag_ms"], 0);
+    let (status, _) = post(&h.router, "", "application/json", note("1").to_string()).await;
+    assert_eq!(status, StatusCode::OK);
+    // No consumer in this harness: the batch stays blue, and its wait grows past the bound.
+    tokio::time::sleep(std::time::Duration::from_millis(1_300)).await;
+    let (status, body) = get(&h.router, "/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("waited 1 s for the replica (bound: --ready-max-lag-secs 1)"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -26,6 +26,7 @@ use sluice_proto::v1::{
     RecentKeysRequest, ResolveDeadLetterResponse, SegmentStoredRequest, StatusRequest,
     StatusResponse,
 };
+use sluice_telemetry::names;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
@@ -54,6 +55,12 @@ impl PublisherService {
             );
         }
         let master = MasterStore::new(storage.store.clone());
+        // Every series from the first scrape on, so that rates start at zero, not at the
+        // first event.
+        for result in ["created", "already_present", "conflict", "failed"] {
+            metrics::counter!(names::SEGMENTS_WRITTEN, "result" => result).increment(0);
+        }
+        metrics::counter!(names::DEAD_LETTERS, "kind" => "refused").increment(0);
         Ok(PublisherService {
             letters: master.dead_letters(),
             master,
@@ -100,14 +107,24 @@ impl Publisher for PublisherService {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rows = records.len() as u64;
+        let started = std::time::Instant::now();
         let written = self
             .master
             .write_segment(&producer_id, sequence, Arc::from(records))
-            .await
-            .map_err(AppendError::from)?;
+            .await;
+        let result = match &written {
+            Ok(SegmentWrite::Created { .. }) => "created",
+            Ok(SegmentWrite::AlreadyPresent { .. }) => "already_present",
+            Err(Error::SegmentConflict { .. }) => "conflict",
+            Err(_) => "failed",
+        };
+        metrics::counter!(names::SEGMENTS_WRITTEN, "result" => result).increment(1);
+        metrics::histogram!(names::SEGMENT_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
+        let written = written.map_err(AppendError::from)?;
         let bytes = match &written {
             SegmentWrite::Created { path, bytes } => {
                 tracing::debug!(path, rows, bytes, "segment written");
+                metrics::histogram!(names::SEGMENT_BYTES).record(*bytes as f64);
                 *bytes as u64
             }
             SegmentWrite::AlreadyPresent { path } => {
@@ -168,6 +185,7 @@ impl Publisher for PublisherService {
             .fill_gap(&producer_id, sequence)
             .await
             .map_err(AppendError::from)?;
+        metrics::counter!(names::DEAD_LETTERS, "kind" => "refused").increment(1);
         tracing::warn!(
             letter = letter.id(),
             rows = letter.rows,

@@ -81,8 +81,13 @@ pub fn router(state: AppState, config: &Config) -> Router {
             get(routes::get_post_events),
         )
         .route("/healthz", get(routes::healthz))
+        .merge(sluice_telemetry::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(config.query_max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            "query-api",
+            sluice_telemetry::track_http,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

@@ -39,6 +39,7 @@ use sluice_proto::v1::{
     ExecuteRequest, GetNotificationRequest, GetQueryRequest, NotificationLookup, Notifications,
     PostEventsRequest, QueryReply,
 };
+use sluice_telemetry::names;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -238,7 +239,7 @@ pub struct QueryHandlerService {
 
 impl QueryHandlerService {
     pub fn new(replica: Arc<ReplicaView>, config: &Config) -> anyhow::Result<Self> {
-        Ok(QueryHandlerService {
+        let service = QueryHandlerService {
             inner: Arc::new(Inner {
                 replica,
                 cache: ResultCache::new(
@@ -251,7 +252,14 @@ impl QueryHandlerService {
                 timeout: Duration::from_millis(config.query_timeout_ms),
                 runtime: QueryRuntime::new(config.threads())?,
             }),
-        })
+        };
+        let inner = Arc::downgrade(&service.inner);
+        sluice_telemetry::on_scrape(move || {
+            if let Some(inner) = inner.upgrade() {
+                metrics::gauge!(names::QUERY_CACHE_BYTES).set(inner.cache.used_bytes() as f64);
+            }
+        });
+        Ok(service)
     }
 
     /// Called when the replica moves on: answers of older versions can never be served again.
@@ -279,10 +287,13 @@ impl QueryHandlerService {
         let inner = &self.inner;
         let key: CacheKey = (parsed.normalized, snapshot.version);
         let outcome = async {
+            let waiting = Counted::new(names::QUERIES_WAITING);
             let _slot = tokio::time::timeout_at(deadline, inner.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| QueryError::Timeout(inner.timeout.as_millis() as u64))?
                 .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
+            drop(waiting);
+            let _running = Counted::new(names::QUERIES_RUNNING);
             let limits = engine::Limits {
                 deadline: Some(deadline),
                 ..inner.limits.clone()
@@ -299,6 +310,16 @@ impl QueryHandlerService {
             }
         }
         .await;
+        let ended = match &outcome {
+            Ok(_) => "ok",
+            Err(QueryError::Timeout(_)) => {
+                metrics::counter!(names::QUERY_TIMEOUTS).increment(1);
+                "timeout"
+            }
+            Err(_) => "error",
+        };
+        metrics::histogram!(names::QUERY_SECONDS, "outcome" => ended)
+            .record(started.elapsed().as_secs_f64());
         match outcome {
             Ok(answer) => {
                 let kept = answer.cacheable && inner.cache.insert(key.clone(), answer.clone());
@@ -375,6 +396,23 @@ fn reply(
     }
 }
 
+/// One more in a gauge while it lives: a query waiting for a slot, or running. Dropped on
+/// every path out, a cancelled query's included.
+struct Counted(&'static str);
+
+impl Counted {
+    fn new(gauge: &'static str) -> Self {
+        metrics::gauge!(gauge).increment(1.0);
+        Counted(gauge)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        metrics::gauge!(self.0).decrement(1.0);
+    }
+}
+
 #[tonic::async_trait]
 impl QueryHandler for QueryHandlerService {
     async fn execute(
@@ -387,7 +425,10 @@ impl QueryHandler for QueryHandlerService {
         let parsed = engine::parse(&request.sql)?;
         let snapshot = self.snapshot()?;
         let key: CacheKey = (parsed.normalized.clone(), snapshot.version);
-        if let Some(answer) = self.inner.cache.get(&key) {
+        let cached = self.inner.cache.get(&key);
+        metrics::counter!(names::QUERY_CACHE, "result" => if cached.is_some() { "hit" } else { "miss" })
+            .increment(1);
+        if let Some(answer) = cached {
             let id = self.inner.log.start(&key.0);
             let elapsed = started.elapsed();
             self.inner.log.set(

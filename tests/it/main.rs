@@ -10,6 +10,7 @@ mod differential;
 mod faults;
 mod k8s;
 mod master_store;
+mod metrics;
 mod read_path;
 mod replica;
 mod scale_out;
