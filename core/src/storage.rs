@@ -19,6 +19,7 @@ use object_store::prefix::PrefixStore;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use crate::error::{Error, Result};
+use crate::instrumented::Instrumented;
 
 /// Where Sluice keeps its data, as given by `--storage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +158,7 @@ impl Storage {
         };
         Ok(Storage {
             url: url.clone(),
-            store,
+            store: Arc::new(Instrumented::new(store)),
         })
     }
 

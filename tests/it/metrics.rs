@@ -189,6 +189,26 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
     assert_eq!(value("sluice_consumer_lease_held", &[]), 1.0);
     assert!(value("sluice_replica_version", &[]) >= 2.0);
     assert_eq!(value("sluice_dead_letters_total", &[]), 0.0);
+    // Every segment is one put of the master store; the start-up probe of put-if-absent is
+    // one refused.
+    assert!(
+        value(
+            "sluice_object_store_requests_total",
+            &[("op", "put"), ("outcome", "ok")]
+        ) >= batches
+    );
+    assert!(
+        value(
+            "sluice_object_store_requests_total",
+            &[("op", "put"), ("outcome", "already_exists")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "sluice_object_store_request_seconds_count",
+            &[("op", "list")]
+        ) >= 1.0
+    );
     assert!(has_series(&during, "sluice_replication_lag_seconds"));
     assert!(has_series(&during, "sluice_batch_in_flight_seconds"));
     let posts = [("service", "ingest-api"), ("route", "/v1/notifications")];
