@@ -23,6 +23,7 @@
 //!   `sluice all` on a local directory, or `--auth off`).
 
 use std::collections::BTreeSet;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,6 +32,9 @@ use axum::extract::{FromRef, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::state::keyed::DefaultKeyedStateStore;
+use governor::{Quota, RateLimiter};
 use sha2::{Digest, Sha256};
 use sluice_core::notification::check_platform;
 use subtle::{ConditionallySelectable, ConstantTimeEq};
@@ -100,11 +104,17 @@ struct Key {
     scopes: Arc<Scopes>,
 }
 
+/// Counts each key's requests, by key name.
+type KeyLimiter = RateLimiter<Arc<str>, DefaultKeyedStateStore<Arc<str>>, DefaultClock>;
+
 /// The keys a service accepts, or none needed (open).
 #[derive(Debug)]
 pub struct Keys {
     keys: Vec<Key>,
     open: bool,
+    /// Requests per second each key may send, and the limiter that counts them (by key name:
+    /// a bounded set, so it cannot grow with what callers send).
+    limit: Option<(u32, KeyLimiter)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +131,7 @@ impl Keys {
         Keys {
             keys: Vec::new(),
             open: true,
+            limit: None,
         }
     }
 
@@ -160,7 +171,24 @@ impl Keys {
                 scopes: Arc::new(scopes),
             });
         }
-        Ok(Keys { keys, open: false })
+        Ok(Keys {
+            keys,
+            open: false,
+            limit: None,
+        })
+    }
+
+    /// Limits each key to `per_second` requests a second on average, with bursts of twice
+    /// that (0: no limit). A key over its limit gets 429 with Retry-After.
+    pub fn with_rate_limit(mut self, per_second: u32) -> Keys {
+        self.limit = NonZeroU32::new(per_second).map(|rate| {
+            let burst = rate.saturating_mul(NonZeroU32::new(2).expect("2 is not zero"));
+            (
+                per_second,
+                RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst)),
+            )
+        });
+        self
     }
 
     pub fn is_open(&self) -> bool {
@@ -204,6 +232,16 @@ impl Keys {
             .filter(|key| !key.is_empty())
             .ok_or(AuthError::Malformed)?;
         let key = self.identify(presented).ok_or(AuthError::Unknown)?;
+        if let Some((per_second, limiter)) = &self.limit
+            && let Err(not_until) = limiter.check_key(&key.name)
+        {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(AuthError::RateLimited {
+                key: key.name.to_string(),
+                per_second: *per_second,
+                retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+            });
+        }
         Ok(Caller::Key {
             name: key.name.clone(),
             scopes: key.scopes.clone(),
@@ -356,6 +394,14 @@ pub enum AuthError {
         needed: String,
         writes: String,
     },
+    #[error(
+        "key {key:?} sent more than {per_second} requests a second (bursts of twice that); retry after {retry_after_secs} s"
+    )]
+    RateLimited {
+        key: String,
+        per_second: u32,
+        retry_after_secs: u64,
+    },
 }
 
 impl AuthError {
@@ -365,6 +411,7 @@ impl AuthError {
                 StatusCode::UNAUTHORIZED
             }
             AuthError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AuthError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 }
@@ -377,6 +424,14 @@ impl IntoResponse for AuthError {
             Json(serde_json::json!({ "error": self.to_string() })),
         )
             .into_response();
+        if let AuthError::RateLimited {
+            retry_after_secs, ..
+        } = self
+        {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+        }
         if status == StatusCode::UNAUTHORIZED {
             let challenge = match self {
                 AuthError::Missing => "Bearer",
@@ -460,6 +515,10 @@ pub struct AuthArgs {
     /// API keys in the keys file's form, separated by newlines or ';'.
     #[arg(long, env = "SLUICE_KEYS", hide_env_values = true)]
     pub keys: Option<String>,
+    /// Requests a second each API key may send on average, in bursts of up to twice that;
+    /// more get 429 with Retry-After (0: no limit).
+    #[arg(long, env = "SLUICE_RATE_LIMIT_PER_KEY", default_value_t = 1000)]
+    pub rate_limit_per_key: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }
@@ -500,8 +559,12 @@ impl AuthArgs {
                 "auth is on and no API keys are given: set --keys-file (SLUICE_KEYS_FILE) or SLUICE_KEYS to lines of `<name> <scopes> sha256:<hex>` (`sluice key` makes them), or --auth off to run open"
             );
         }
-        tracing::info!(keys = keys.len(), "auth is on: REST calls need an API key");
-        Ok(Arc::new(keys))
+        tracing::info!(
+            keys = keys.len(),
+            rate_limit_per_key = self.rate_limit_per_key,
+            "auth is on: REST calls need an API key"
+        );
+        Ok(Arc::new(keys.with_rate_limit(self.rate_limit_per_key)))
     }
 }
 
@@ -627,6 +690,7 @@ mod tests {
         let args = |mode, keys: Option<&str>| AuthArgs {
             keys_file: None,
             keys: keys.map(str::to_string),
+            rate_limit_per_key: 1000,
             cluster: cluster(mode),
         };
         assert!(args(AuthMode::Auto, None).load(true).unwrap().is_open());
@@ -645,6 +709,7 @@ mod tests {
         let both = AuthArgs {
             keys_file: Some(file.clone()),
             keys: Some(line),
+            rate_limit_per_key: 0,
             cluster: cluster(AuthMode::On),
         }
         .load(false)
@@ -667,5 +732,41 @@ mod tests {
             given.secret(false).unwrap().as_deref(),
             Some("from-a-file-0123456789")
         );
+    }
+
+    #[test]
+    fn a_key_over_its_rate_gets_429_with_retry_after_and_other_keys_do_not() {
+        let keys =
+            keys(&[("busy", "read", "sk_busy"), ("calm", "read", "sk_calm")]).with_rate_limit(2);
+        // Bursts of twice the rate pass, the next is refused.
+        for _ in 0..4 {
+            keys.caller(&bearer("sk_busy")).unwrap();
+        }
+        let refused = keys.caller(&bearer("sk_busy")).unwrap_err();
+        assert!(
+            matches!(
+                refused,
+                AuthError::RateLimited {
+                    per_second: 2,
+                    retry_after_secs: 1,
+                    ..
+                }
+            ),
+            "{refused:?}"
+        );
+        assert!(
+            refused
+                .to_string()
+                .contains("more than 2 requests a second")
+        );
+        let response = refused.into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        keys.caller(&bearer("sk_calm")).unwrap();
+        // An unknown key is refused as unknown, never counted.
+        assert!(matches!(
+            keys.caller(&bearer("sk_nobody")),
+            Err(AuthError::Unknown)
+        ));
     }
 }

@@ -3,6 +3,7 @@
 //! - [`notification`]: the notification contract — what a platform may POST, how it is
 //!   validated and bounded, and the [`Notification`] record that moves through the pipeline.
 //! - [`color`]: the colors a notification passes through (gray → blue → green → red).
+//! - [`local_sync`]: `file://` writes synced to the disk before they are acknowledged.
 //! - [`instrumented`]: that data plane's requests counted and timed for `/metrics`.
 //! - [`storage`]: opens the one object-store data plane (`file://` or `s3://`), checks or creates
 //!   the bucket with `aws-sdk-s3`, and probes whether the store enforces put-if-absent.
@@ -21,6 +22,7 @@ pub mod color;
 pub mod dead_letter;
 pub mod error;
 pub mod instrumented;
+pub mod local_sync;
 pub mod master;
 pub mod notification;
 pub mod producer;

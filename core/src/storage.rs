@@ -20,6 +20,7 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 
 use crate::error::{Error, Result};
 use crate::instrumented::Instrumented;
+use crate::local_sync::SyncedLocal;
 
 /// Where Sluice keeps its data, as given by `--storage`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +135,12 @@ impl Storage {
                 })?;
                 let local = LocalFileSystem::new_with_prefix(dir)
                     .map_err(|source| Error::object_store(dir.display().to_string(), source))?;
-                Arc::new(local)
+                // Its root, as the store resolved it: where the files are synced.
+                let root = std::fs::canonicalize(dir).map_err(|source| Error::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+                Arc::new(SyncedLocal::new(Arc::new(local), root))
             }
             StorageUrl::S3 { bucket, prefix } => {
                 ensure_bucket(bucket).await?;

@@ -136,7 +136,17 @@ pub async fn track_http(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    // HTTP lets a caller invent methods: only the standard ones become label values.
+    let method: &'static str = match request.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "OPTIONS" => "OPTIONS",
+        "PATCH" => "PATCH",
+        _ => "other",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -159,9 +169,23 @@ pub async fn track_http(
     }
     // Probes and scrapes come every few seconds: the access log leaves them at debug.
     if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
-        tracing::debug!(service, %method, route, status = status.as_u16(), ms = seconds * 1e3, "request");
+        tracing::debug!(
+            service,
+            method,
+            route,
+            status = status.as_u16(),
+            ms = seconds * 1e3,
+            "request"
+        );
     } else {
-        tracing::info!(service, %method, route, status = status.as_u16(), ms = seconds * 1e3, "request");
+        tracing::info!(
+            service,
+            method,
+            route,
+            status = status.as_u16(),
+            ms = seconds * 1e3,
+            "request"
+        );
     }
     response
 }
@@ -238,6 +262,12 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         app.clone().oneshot(unknown).await.unwrap();
+        let invented = axum::http::Request::builder()
+            .method("INVENTED-METHOD")
+            .uri("/v1/things/a")
+            .body(Body::empty())
+            .unwrap();
+        app.clone().oneshot(invented).await.unwrap();
         on_scrape(|| metrics::gauge!(names::MEMORY_BUDGET_BYTES).set(42.0));
 
         let scrape = axum::http::Request::get("/metrics")
@@ -255,8 +285,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
                 .to_string()
         };
-        let requests =
-            line("sluice_http_requests_total{service=\"unit\",route=\"/v1/things/{id}\"");
+        let requests = line(
+            "sluice_http_requests_total{service=\"unit\",route=\"/v1/things/{id}\",method=\"GET\"",
+        );
         assert!(requests.ends_with(" 3"), "{requests}");
         assert!(
             line("sluice_http_rejected_total{service=\"unit\",reason=\"forbidden\"}")
@@ -264,6 +295,7 @@ mod tests {
         );
         assert!(text.contains("route=\"unmatched\""));
         assert!(!text.contains("secret-looking-path") && !text.contains("c%20d"));
+        assert!(!text.contains("INVENTED") && text.contains("method=\"other\""));
         assert!(line("sluice_memory_budget_bytes").ends_with(" 42"));
         assert!(text.contains("# HELP sluice_http_requests_total"));
         assert!(text.contains("sluice_http_request_seconds_bucket{"));

@@ -74,6 +74,7 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
         ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
         ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
         ("SLUICE_LOG_FORMAT", "json".to_string()),
+        ("SLUICE_RATE_LIMIT_PER_KEY", "20".to_string()),
     ] {
         env.push((key.to_string(), value));
     }
@@ -285,6 +286,39 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
             &[("service", "query-api"), ("reason", "not_found")]
         ),
         1.0
+    );
+
+    // A key past its rate (20 a second, bursts of 40) is told when to come back, and counted.
+    let stats = client();
+    let answers = futures::future::join_all(
+        (0..100).map(|_| stats.get(format!("http://{ingest}/v1/stats")).send()),
+    )
+    .await;
+    let mut limited = 0;
+    for response in answers {
+        let response = response.unwrap();
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+            assert_eq!(response.headers()["retry-after"], "1");
+            let body: Value = response.json().await.unwrap();
+            let error = body["error"].as_str().unwrap();
+            assert!(error.contains("more than 20 requests a second"), "{error}");
+        } else {
+            assert_eq!(response.status(), 200);
+        }
+    }
+    assert!(
+        limited >= 20,
+        "only {limited} of 100 requests at once were limited"
+    );
+    let text = scrape(ingest).await;
+    assert_eq!(
+        sample(
+            &text,
+            "sluice_http_rejected_total",
+            &[("service", "ingest-api"), ("reason", "rate_limited")]
+        ),
+        limited as f64
     );
 
     // Ready, and the access log is JSON lines that name the route.
