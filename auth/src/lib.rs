@@ -516,8 +516,9 @@ pub struct AuthArgs {
     #[arg(long, env = "SLUICE_KEYS", hide_env_values = true)]
     pub keys: Option<String>,
     /// Requests a second each API key may send on average, in bursts of up to twice that;
-    /// more get 429 with Retry-After (0: no limit).
-    #[arg(long, env = "SLUICE_RATE_LIMIT_PER_KEY", default_value_t = 1000)]
+    /// more get 429 with Retry-After (0, the default: no limit, since a platform that sends
+    /// one notification a request may need thousands a second).
+    #[arg(long, env = "SLUICE_RATE_LIMIT_PER_KEY", default_value_t = 0)]
     pub rate_limit_per_key: u32,
     #[command(flatten)]
     pub cluster: ClusterArgs,

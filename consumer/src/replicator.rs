@@ -104,8 +104,6 @@ struct Pending {
 pub struct Progress {
     sequences: DashMap<String, u64>,
     table_version: AtomicU64,
-    /// Master segments quarantined by this consumer since it started.
-    quarantined: AtomicU64,
 }
 
 impl Progress {
@@ -116,10 +114,6 @@ impl Progress {
 
     pub fn table_version(&self) -> u64 {
         self.table_version.load(Ordering::Acquire)
-    }
-
-    pub fn quarantined(&self) -> u64 {
-        self.quarantined.load(Ordering::Relaxed)
     }
 }
 
@@ -365,7 +359,7 @@ impl Replicator {
         self.pending.retain(|_, segments| !segments.is_empty());
 
         // 2. Take ready segments in order, within the bounds of one round.
-        let chosen_at = Instant::now();
+        let round_started = Instant::now();
         let (mut rows, mut bytes) = (0, 0);
         let mut chosen: Vec<(String, u64, String)> = Vec::new();
         for (producer, sequence, pending) in self.ready() {
@@ -447,7 +441,6 @@ impl Replicator {
         let rows = batch.num_rows();
 
         // 4. Rows and versions in one atomic commit.
-        let round_started = chosen_at;
         let version = self
             .replica
             .append(vec![batch], &last_sequences, &self.fence)
@@ -537,7 +530,6 @@ impl Replicator {
             notifications: Vec::new(),
         };
         self.master.dead_letters().write(&letter).await?;
-        self.progress.quarantined.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(names::DEAD_LETTERS, "kind" => "quarantined").increment(1);
         Ok(Segment {
             header: SegmentHeader {

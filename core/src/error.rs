@@ -28,6 +28,10 @@ pub enum Error {
     #[error("segment {path} is invalid: {reason}")]
     InvalidSegment { path: String, reason: String },
 
+    /// A segment written in a newer format than this build reads: upgrade this service.
+    #[error("segment {path} is in format {format}, newer than this build reads (1): upgrade it")]
+    UnsupportedSegment { path: String, format: String },
+
     /// A different batch already sits at the key a batch was to be written to. Keys derive
     /// from (producer, sequence), so this means two producers share an id: never overwrite.
     #[error(

@@ -50,6 +50,9 @@ pub const SCHEMA_JSON: &str = r#"{
 static SCHEMA: LazyLock<Schema> =
     LazyLock::new(|| Schema::parse_str(SCHEMA_JSON).expect("SCHEMA_JSON is a valid Avro schema"));
 
+/// The format this build writes and reads (`sluice.format` in the header).
+pub const FORMAT: &str = "1";
+
 /// The identity and checksum of a segment, as its header states them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentHeader {
@@ -92,7 +95,7 @@ pub fn encode(producer: &str, sequence: u64, records: &[Notification]) -> Result
         .build()
         .map_err(avro)?;
     for (key, value) in [
-        ("sluice.format", "1".to_string()),
+        ("sluice.format", FORMAT.to_string()),
         ("sluice.producer", producer.to_string()),
         ("sluice.sequence", sequence.to_string()),
         ("sluice.rows", records.len().to_string()),
@@ -157,6 +160,16 @@ fn header_of(path: &str, reader: &Reader<'_, &[u8]>) -> Result<SegmentHeader> {
             .parse()
             .map_err(|_| invalid(path, format!("{key} is not a number")))
     };
+    // A segment of a newer format is not corrupt: this reader is too old for it. It must be
+    // waited on (until this service is upgraded), never quarantined.
+    if let Ok(format) = field("sluice.format")
+        && format != FORMAT
+    {
+        return Err(Error::UnsupportedSegment {
+            path: path.to_string(),
+            format: format.to_string(),
+        });
+    }
     Ok(SegmentHeader {
         producer: field("sluice.producer")?.to_string(),
         sequence: number("sluice.sequence")?,
@@ -234,5 +247,22 @@ mod tests {
         broken[at] ^= 0xff;
         assert!(decode("k", &broken).is_err());
         assert!(decode("k", &bytes[..bytes.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn a_newer_format_is_unsupported_not_corrupt() {
+        let records = vec![sample(1)];
+        let (bytes, _) = encode("p-1", 1, &records).unwrap();
+        let text = bytes.to_vec();
+        // The header's metadata holds the format as a string value "1" after its key.
+        let key = b"sluice.format";
+        let at = text.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        let mut newer = text.clone();
+        let one = newer[at..].iter().position(|b| *b == b'1').unwrap() + at;
+        newer[one] = b'2';
+        let error = decode("p-1", &newer).unwrap_err();
+        assert!(matches!(error, Error::UnsupportedSegment { .. }), "{error}");
+        assert!(!error.is_undecodable());
+        assert!(decode("p-1", &text).is_ok());
     }
 }

@@ -338,7 +338,7 @@ where
                     attempt,
                     code = ?status.code(),
                     message = status.message(),
-                    "call failed; retrying it as it was"
+                    "{what} failed; retrying the same batch"
                 );
             }
         }
