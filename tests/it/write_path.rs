@@ -111,7 +111,16 @@ async fn sluice_all_on_the_embedded_default_answers_blue_then_green() {
             "--publisher-addr",
             &publisher_arg,
         ],
-        &[],
+        // Every port its own: a default one may be held by another test's outgoing
+        // connection (seen once: the consumer's 50052).
+        &[
+            ("SLUICE_CONSUMER_ADDR".to_string(), free_addr().to_string()),
+            (
+                "SLUICE_QUERY_HANDLER_ADDR".to_string(),
+                free_addr().to_string(),
+            ),
+            ("SLUICE_QUERY_ADDR".to_string(), free_addr().to_string()),
+        ],
         dir.path(),
         "all",
     );
