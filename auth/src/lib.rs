@@ -569,6 +569,33 @@ impl AuthArgs {
     }
 }
 
+/// What the REST services' OpenAPI documents share: the bearer key scheme and the error body.
+pub mod openapi {
+    use utoipa::Modify;
+    use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+    /// Every error answer of the REST services: what is wrong, in words.
+    #[derive(serde::Serialize, utoipa::ToSchema)]
+    pub struct ErrorBody {
+        pub error: String,
+    }
+
+    /// Adds the `bearer` security scheme (an API key in `Authorization: Bearer …`).
+    pub struct Bearer;
+
+    impl Modify for Bearer {
+        fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+            openapi
+                .components
+                .get_or_insert_with(Default::default)
+                .add_security_scheme(
+                    "bearer",
+                    SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+                );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

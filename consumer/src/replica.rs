@@ -31,13 +31,31 @@ pub const REPLICA_ZSTD_LEVEL: i32 = 3;
 /// Where the replica lives inside the store, unless told otherwise.
 pub const DEFAULT_REPLICA_PATH: &str = "replica";
 
-/// How the replica's Parquet files are written: zstd, and delta encoding for the two integer
-/// columns that grow with arrival order (`received_at`, `batch_row`). Their dictionaries would
-/// hold nearly every value; their deltas are small (about 2% smaller files in an experiment on
-/// the replication benchmark's data shape, bench/README.md).
+/// Columns whose row groups carry a Parquet bloom filter: the keys a point read looks up
+/// (a notification by `id`, a post's trail by `post_id`). Their values are spread over every
+/// file, so min/max statistics prune nothing; a bloom filter lets the reader skip every row
+/// group that cannot hold the key, and a look-up of an unknown id reads only footers and
+/// filters instead of the whole table (bench/README.md, "Point look-ups").
+pub const BLOOM_COLUMNS: [&str; 2] = ["id", "post_id"];
+
+/// The false-positive rate of those filters: a row group is read in vain once in a hundred.
+const BLOOM_FPP: f64 = 0.01;
+
+/// How the replica's Parquet files are written: zstd, bloom filters on the look-up keys
+/// ([`BLOOM_COLUMNS`]; sized for a full row group and folded down to what it holds), and delta
+/// encoding for the two integer columns that grow with arrival order (`received_at`,
+/// `batch_row`). Their dictionaries would hold nearly every value; their deltas are small
+/// (about 2% smaller files in an experiment on the replication benchmark's data shape,
+/// bench/README.md).
 pub fn writer_properties(zstd_level: i32) -> Result<WriterProperties, DeltaTableError> {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?));
+    for column in BLOOM_COLUMNS {
+        let path = ColumnPath::from(column);
+        builder = builder
+            .set_column_bloom_filter_enabled(path.clone(), true)
+            .set_column_bloom_filter_fpp(path, BLOOM_FPP);
+    }
     for column in ["received_at", "batch_row"] {
         let path = ColumnPath::from(column);
         builder = builder

@@ -21,15 +21,26 @@ use sluice_proto::v1::{GetDeadLetterRequest, ListDeadLettersRequest};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::memory::Admitted;
+use crate::openapi::ErrorBody;
 use crate::routes::{Ack, admit_and_wait};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// The most letters listed (100 unless given).
     limit: Option<u32>,
 }
 
 /// `GET /v1/admin/dead-letters[?limit=N]`: the letters waiting for an operator, oldest first,
 /// without their notifications.
+#[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(ListParams),
+    responses(
+        (status = 200, description = "The letters and how many there are", body = Object),
+        (status = 503, description = "The publisher does not answer", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -57,6 +68,21 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/admin/dead-letters/{kind}/{producer}/{sequence}`: one letter with its notifications.
+#[utoipa::path(get, path = "/v1/admin/dead-letters/{kind}/{producer}/{sequence}", tag = "admin",
+    params(
+        ("kind" = String, Path, description = "refused, quarantined or replayed"),
+        ("producer" = String, Path),
+        ("sequence" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "The letter with its notifications", body = Object),
+        (status = 400, description = "Not a dead letter's id", body = ErrorBody),
+        (status = 404, description = "No such letter", body = ErrorBody),
+        (status = 503, description = "The publisher does not answer", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -68,6 +94,21 @@ pub(crate) async fn get(
 }
 
 /// `POST /v1/admin/dead-letters/refused/{producer}/{sequence}/replay`
+#[utoipa::path(post, path = "/v1/admin/dead-letters/{kind}/{producer}/{sequence}/replay", tag = "admin",
+    params(
+        ("kind" = String, Path, description = "refused, quarantined or replayed"),
+        ("producer" = String, Path),
+        ("sequence" = String, Path),
+    ),
+    responses(
+        (status = 200, description = "Replayed: its notifications are durable again", body = Object),
+        (status = 400, description = "Not a refused batch's letter", body = ErrorBody),
+        (status = 404, description = "No such letter", body = ErrorBody),
+        (status = 503, description = "The publisher does not answer", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     caller: Caller,

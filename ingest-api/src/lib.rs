@@ -10,6 +10,7 @@
 //!   them green, and evicts green entries after a TTL (they turn red).
 //! - [`admin`]: dead letters for operators: list, read, replay.
 //! - [`error`]: the one mapping from errors to HTTP answers.
+//! - [`openapi`]: the OpenAPI document of these routes, at `GET /openapi.json`.
 //!
 //! Every endpoint but the probes needs an API key ([`sluice_auth`]) unless auth is off: a
 //! write needs `write:<platform>` for every notification it carries, so one platform's key can
@@ -27,6 +28,7 @@ pub mod error;
 pub mod green;
 pub mod health;
 pub mod memory;
+pub mod openapi;
 pub mod routes;
 
 use std::sync::Arc;
@@ -103,6 +105,42 @@ pub struct Config {
     /// replica (the consumer is away or far behind).
     #[arg(long, env = "SLUICE_READY_MAX_LAG_SECS", default_value_t = 300)]
     pub ready_max_lag_secs: u64,
+    /// A notification whose `occurred_at` is more than this many days before its arrival is
+    /// refused (0: any age, e.g. to load history). One request cannot then spread over
+    /// thousands of day partitions.
+    #[arg(long, env = "SLUICE_MAX_EVENT_AGE_DAYS", default_value_t = 30)]
+    pub max_event_age_days: u32,
+    /// A notification whose `occurred_at` is more than this many seconds after its arrival is
+    /// refused (a platform's clock may run a little ahead, not a day).
+    #[arg(long, env = "SLUICE_MAX_EVENT_LEAD_SECS", default_value_t = 86_400)]
+    pub max_event_lead_secs: u64,
+}
+
+impl Config {
+    /// Why `occurred_at` is out of the window around `received_at`, if it is (both in
+    /// microseconds since the epoch).
+    pub fn outside_window(&self, occurred_at: i64, received_at: i64) -> Option<String> {
+        const DAY: i64 = 86_400_000_000;
+        let shown = sluice_core::notification::format_micros(occurred_at);
+        let age_days = i64::from(self.max_event_age_days);
+        if age_days > 0 && occurred_at < received_at.saturating_sub(age_days * DAY) {
+            return Some(format!(
+                "`occurred_at` {shown} is more than {age_days} days in the past, the oldest this \
+                 server accepts (--max-event-age-days)"
+            ));
+        }
+        let lead = i64::try_from(self.max_event_lead_secs)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .saturating_mul(1_000_000);
+        if occurred_at > received_at.saturating_add(lead) {
+            return Some(format!(
+                "`occurred_at` {shown} is more than {} seconds in the future, the furthest this \
+                 server accepts (--max-event-lead-secs)",
+                self.max_event_lead_secs
+            ));
+        }
+        None
+    }
 }
 
 impl Config {
@@ -122,6 +160,9 @@ impl Config {
             node_id: "test".to_string(),
             recover_window_secs: 60,
             ready_max_lag_secs: 300,
+            // Tests replay fixed dates, as a load of history would.
+            max_event_age_days: 0,
+            max_event_lead_secs: 86_400,
         }
     }
 }
@@ -173,7 +214,13 @@ impl FromRef<AppState> for Arc<Keys> {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     Router::new()
-        .route("/v1/notifications", post(routes::post_notifications))
+        .route(
+            "/v1/notifications",
+            post(routes::post_notifications).layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                routes::hold_body,
+            )),
+        )
         .route(
             "/v1/notifications/{platform}/{id}",
             get(routes::get_notification),
@@ -194,6 +241,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(sluice_telemetry::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(max_body))

@@ -87,6 +87,20 @@ pub enum Admitted {
     },
 }
 
+/// Bytes of the budget held for a request body ([`SharedMemory::hold`]).
+pub struct Held {
+    memory: Arc<SharedMemory>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.memory
+            .used_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
 /// Shared memory had no room for a request.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryFull {
@@ -159,6 +173,17 @@ impl SharedMemory {
                 used,
                 budget: self.budget,
             })
+    }
+
+    /// Holds `bytes` of the budget until the returned guard drops: a request body while it is
+    /// read and parsed, so that bodies in flight count against the budget as their
+    /// notifications will (a thousand concurrent 16 MB bodies cannot take 16 GB).
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Result<Held, MemoryFull> {
+        self.reserve(bytes)?;
+        Ok(Held {
+            memory: Arc::clone(self),
+            bytes,
+        })
     }
 
     /// Admits a request's notifications as gray entries, all or none.

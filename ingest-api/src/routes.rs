@@ -1,12 +1,14 @@
 //! The HTTP handlers.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sluice_auth::Caller;
@@ -19,10 +21,11 @@ use sluice_telemetry::names;
 use crate::AppState;
 use crate::body::{self, Framing};
 use crate::error::ApiError;
-use crate::memory::{AckWaiter, Admitted};
+use crate::memory::{AckWaiter, Admitted, Held};
+use crate::openapi::{ErrorBody, NotificationIn, NotificationsBody};
 
 /// How long a write waits before it is answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ack {
     /// In shared memory (gray): fast, lost if this node dies before the batch is stored.
@@ -43,8 +46,12 @@ impl Ack {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct IngestParams {
+    /// When to answer: `staged` (in shared memory), `durable` (in the master store, the
+    /// default) or `replicated` (in the replica).
+    #[param(pattern = "^(staged|durable|replicated)$")]
     ack: Option<String>,
 }
 
@@ -61,16 +68,18 @@ impl IngestParams {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Duplicate {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Duplicate {
     index: usize,
     platform: String,
     id: String,
+    /// Where the notification already is: gray, blue, green or red.
+    #[schema(value_type = String)]
     color: Color,
 }
 
-#[derive(Debug, Serialize)]
-struct Rejected {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct Rejected {
     index: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     line: Option<usize>,
@@ -79,20 +88,77 @@ struct Rejected {
 
 /// The answer to a POST: counts for the accepted, and one line for each duplicate and each
 /// rejected item, so a large clean batch gets a short answer.
-#[derive(Debug, Serialize)]
-struct IngestResponse {
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct IngestResponse {
     ack: Ack,
     accepted: usize,
     duplicates: Vec<Duplicate>,
     rejected: Vec<Rejected>,
 }
 
+/// Holds the request body's size (its `Content-Length`, or the largest body accepted when it
+/// has none) of the memory budget while the body is read and parsed, or answers 503 when the
+/// budget has no room for it. The handler gives it back once the notifications are parsed:
+/// from then on they count for themselves.
+pub(crate) async fn hold_body(
+    State(state): State<AppState>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let max = state.config.max_body_bytes;
+    let bytes = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(max, |length| length.min(max));
+    match state.memory.hold(bytes) {
+        Ok(held) => {
+            request
+                .extensions_mut()
+                .insert(BodyHold(Arc::new(Mutex::new(Some(held)))));
+            next.run(request).await
+        }
+        Err(full) => ApiError::MemoryFull {
+            used: full.used,
+            budget: full.budget,
+        }
+        .into_response(),
+    }
+}
+
+/// The bytes [`hold_body`] holds for a request, until [`BodyHold::release`] or its end.
+#[derive(Clone)]
+pub(crate) struct BodyHold(Arc<Mutex<Option<Held>>>);
+
+impl BodyHold {
+    fn release(&self) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
 /// `POST /v1/notifications[?ack=staged|durable|replicated]`
+#[utoipa::path(post, path = "/v1/notifications", tag = "write", params(IngestParams),
+    request_body(content(
+        (NotificationsBody = "application/json"),
+        (NotificationIn = "application/x-ndjson"),
+    ), description = "One notification, an array of them, or NDJSON lines"),
+    responses(
+        (status = 200, description = "Every accepted notification is as safe as `ack` asks", body = IngestResponse),
+        (status = 202, description = "Accepted into shared memory (`ack=staged`)", body = IngestResponse),
+        (status = 400, description = "Nothing in the body could be accepted; each item's reason is listed", body = IngestResponse),
+        (status = 413, description = "The body is larger, or holds more notifications, than accepted", body = ErrorBody),
+        (status = 415, description = "Not JSON or NDJSON", body = ErrorBody),
+        (status = 503, description = "Shared memory is full or the store does not answer in time; retry after Retry-After", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn post_notifications(
     State(state): State<AppState>,
     caller: Caller,
     params: Result<Query<IngestParams>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
+    hold: Option<Extension<BodyHold>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
@@ -104,14 +170,29 @@ pub(crate) async fn post_notifications(
     let body = body?;
     let started = std::time::Instant::now();
     metrics::histogram!(names::INGEST_REQUEST_BYTES).record(body.len() as f64);
-    let items = body::parse(&body, framing, now_micros(), state.config.max_items)?;
+    let received_at = now_micros();
+    let items = body::parse(&body, framing, received_at, state.config.max_items);
+    if let Some(Extension(hold)) = hold {
+        hold.release();
+    }
+    drop(body);
+    let items = items?;
     metrics::histogram!(names::INGEST_REQUEST_NOTIFICATIONS).record(items.len() as f64);
 
     let mut rejected = Vec::new();
     let mut candidates = Vec::with_capacity(items.len());
     let mut candidate_indexes = Vec::with_capacity(items.len());
     for item in items {
-        match item.parsed {
+        let parsed = item.parsed.and_then(|notification| {
+            match state
+                .config
+                .outside_window(notification.occurred_at, received_at)
+            {
+                Some(reason) => Err(reason),
+                None => Ok(notification),
+            }
+        });
+        match parsed {
             Ok(notification) => {
                 candidates.push(notification);
                 candidate_indexes.push(item.index);
@@ -231,6 +312,16 @@ pub(crate) async fn admit_and_wait(
 }
 
 /// `GET /v1/notifications/{platform}/{id}`
+#[utoipa::path(get, path = "/v1/notifications/{platform}/{id}", tag = "write",
+    params(("platform" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, description = "The notification and its color", body = Object),
+        (status = 404, description = "Neither in memory nor in the replica", body = ErrorBody),
+        (status = 503, description = "Not in memory, and the replica cannot be asked now", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get_notification(
     State(state): State<AppState>,
     caller: Caller,
@@ -281,6 +372,14 @@ pub(crate) async fn get_notification(
 
 /// `GET /v1/memory/posts/{platform}/{post_id}`: the notifications about a post that this
 /// node's shared memory holds, with their colors. The query API merges them with the replica.
+#[utoipa::path(get, path = "/v1/memory/posts/{platform}/{post_id}", tag = "write",
+    params(("platform" = String, Path), ("post_id" = String, Path)),
+    responses(
+        (status = 200, description = "The post's notifications in this node's memory", body = Object),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get_memory_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -297,6 +396,8 @@ pub(crate) async fn get_memory_post(
 }
 
 /// `GET /healthz`: the process is up.
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
+    responses((status = 200, description = "The process is up", body = String)))]
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
@@ -306,6 +407,11 @@ pub(crate) async fn healthz() -> &'static str {
 /// longer than the ack timeout, shared memory is full of notifications that are not in the
 /// replica yet, or a durable batch has waited longer than `--ready-max-lag-secs` for the
 /// replica. It needs no key, so it shows nothing a caller could misuse (not the producer id).
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "Ready", body = Object),
+        (status = 503, description = "Not ready; the answer names each reason", body = ErrorBody),
+    ))]
 pub(crate) async fn readyz(
     State(state): State<AppState>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -359,6 +465,13 @@ pub(crate) async fn readyz(
 }
 
 /// `GET /v1/stats`: what shared memory holds, and how fresh the replica is. Any key may ask.
+#[utoipa::path(get, path = "/v1/stats", tag = "write",
+    responses(
+        (status = 200, description = "Entries by color, bytes, freshness", body = Object),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn stats(
     State(state): State<AppState>,
     _caller: Caller,

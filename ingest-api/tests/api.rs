@@ -113,10 +113,14 @@ async fn post(
     content_type: &str,
     body: impl Into<Body>,
 ) -> (StatusCode, Value) {
-    let request = Request::post(format!("/v1/notifications{query}"))
-        .header(header::CONTENT_TYPE, content_type)
-        .body(body.into())
-        .unwrap();
+    let body: Body = body.into();
+    let mut request = Request::post(format!("/v1/notifications{query}"))
+        .header(header::CONTENT_TYPE, content_type);
+    // As a client (hyper) sends it, when the body's size is known.
+    if let Some(length) = axum::body::HttpBody::size_hint(&body).exact() {
+        request = request.header(header::CONTENT_LENGTH, length);
+    }
+    let request = request.body(body).unwrap();
     let (status, _, body) = send(router, request).await;
     (status, body)
 }
@@ -202,6 +206,114 @@ async fn a_batch_reports_duplicates_and_rejects_and_stores_the_rest_once() {
             .contains("occurred_at")
     );
     assert_eq!(stored_ids(&h.master).await, vec!["a", "b", "c"]);
+}
+
+#[tokio::test]
+async fn an_occurred_at_outside_the_window_around_now_is_refused_naming_the_bound() {
+    let h = harness(Config {
+        max_event_age_days: 30,
+        max_event_lead_secs: 3_600,
+        ..Config::for_tests()
+    })
+    .await;
+    let at = |offset: chrono::Duration| {
+        let mut n = note(&format!("at{}", offset.num_seconds()));
+        n["occurred_at"] = json!((chrono::Utc::now() + offset).to_rfc3339());
+        n
+    };
+    let batch = json!([
+        at(chrono::Duration::days(-29)),
+        at(chrono::Duration::days(-31)),
+        at(chrono::Duration::minutes(50)),
+        at(chrono::Duration::minutes(70)),
+        at(chrono::Duration::days(-20_000)),
+        at(chrono::Duration::zero()),
+    ]);
+    let (status, body) = post(&h.router, "", "application/json", batch.to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["accepted"], 3, "{body}");
+    let refused: Vec<(u64, String)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(refused.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 3, 4]);
+    assert!(
+        refused[0].1.contains("more than 30 days in the past")
+            && refused[0].1.contains("--max-event-age-days"),
+        "{refused:?}"
+    );
+    assert!(
+        refused[1]
+            .1
+            .contains("more than 3600 seconds in the future")
+            && refused[1].1.contains("--max-event-lead-secs"),
+        "{refused:?}"
+    );
+    assert!(refused[2].1.contains("--max-event-age-days"), "{refused:?}");
+    // A request of only such notifications is a 400, and nothing of it is stored.
+    let (status, body) = post(
+        &h.router,
+        "",
+        "application/json",
+        at(chrono::Duration::days(-400)).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let mut stored = stored_ids(&h.master).await;
+    stored.sort();
+    let mut expected = vec!["at-2505600".to_string(), "at0".into(), "at3000".into()];
+    expected.sort();
+    assert_eq!(stored, expected);
+}
+
+#[tokio::test]
+async fn a_request_body_counts_against_the_memory_budget_while_it_is_served() {
+    let h = harness(Config {
+        memory_bytes: 100_000,
+        max_body_bytes: 1 << 20,
+        ..Config::for_tests()
+    })
+    .await;
+    // 150 kB of notifications (ids padded) cannot be read into a 100 kB budget.
+    let big: Vec<Value> = (0..300)
+        .map(|i| {
+            let mut n = note(&format!("big{i}"));
+            n["text"] = json!("x".repeat(400));
+            n
+        })
+        .collect();
+    let body = serde_json::to_vec(&big).unwrap();
+    assert!(body.len() > 100_000);
+    let (status, answer) = post(&h.router, "", "application/json", body).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("shared memory is full"),
+        "{answer}"
+    );
+    // A body without a length is held at the largest accepted, 1 MB: also refused here.
+    let chunked = Body::from_stream(futures::stream::iter([Ok::<_, std::io::Error>(
+        note("chunked").to_string(),
+    )]));
+    let (status, answer) = post(&h.router, "", "application/json", chunked).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{answer}");
+    // A small one passes, and what was held for it is given back: only its entry stays.
+    let (status, answer) = post(&h.router, "", "application/json", note("small").to_string()).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let (_, stats) = get(&h.router, "/v1/stats").await;
+    let one = sluice_core::Notification::from_json(&note("small").to_string(), 0)
+        .unwrap()
+        .approx_size();
+    assert_eq!(stats["memory"]["used_bytes"], one, "{stats}");
 }
 
 #[tokio::test]
@@ -409,9 +521,11 @@ async fn a_full_memory_answers_503_with_retry_after_and_keeps_what_it_holds() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
+    let two = json!([note("3"), note("4")]).to_string();
     let request = Request::post("/v1/notifications")
         .header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(json!([note("3"), note("4")]).to_string()))
+        .header(header::CONTENT_LENGTH, two.len())
+        .body(Body::from(two))
         .unwrap();
     let (status, retry_after, body) = send(&h.router, request).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);

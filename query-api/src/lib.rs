@@ -5,6 +5,7 @@
 //!   query's state; `GET /v1/posts/{platform}/{post_id}` and `…/events` build a post's state
 //!   and audit trail ([`posts`]) from the ingest nodes' shared memory and the replica.
 //! - [`error`]: the one mapping from errors (and gRPC codes) to HTTP answers.
+//! - [`openapi`]: the OpenAPI document of these routes, at `GET /openapi.json`.
 //!
 //! Every endpoint but the probe needs an API key with the `read` scope ([`sluice_auth`])
 //! unless auth is off; the key is passed on to the ingest nodes a post's trail asks.
@@ -12,6 +13,7 @@
 //! The service keeps no state: run as many as you like behind a load balancer.
 
 pub mod error;
+pub mod openapi;
 pub mod posts;
 pub mod render;
 pub mod routes;
@@ -20,12 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRef};
+use axum::extract::{DefaultBodyLimit, FromRef, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice_auth::Keys;
 use sluice_proto::Channel;
 use sluice_proto::v1::query_handler_client::QueryHandlerClient;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
@@ -45,6 +50,11 @@ pub struct Config {
     /// The largest query request body accepted, in bytes.
     #[arg(long, env = "SLUICE_QUERY_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub query_max_body_bytes: usize,
+    /// Requests served at once (probes and `/metrics` aside); more are answered 503 with
+    /// Retry-After at once instead of piling up in memory.
+    #[arg(long, env = "SLUICE_QUERY_API_MAX_IN_FLIGHT", default_value_t = 256,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     #[clap(flatten)]
     pub post_actions: posts::PostActions,
 }
@@ -72,6 +82,7 @@ impl FromRef<AppState> for Arc<Keys> {
 }
 
 pub fn router(state: AppState, config: &Config) -> Router {
+    let in_flight = Arc::new(Semaphore::new(config.max_in_flight as usize));
     Router::new()
         .route("/v1/query", post(routes::post_query))
         .route("/v1/queries/{id}", get(routes::get_query))
@@ -80,7 +91,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/v1/posts/{platform}/{post_id}/events",
             get(routes::get_post_events),
         )
+        .layer(axum::middleware::from_fn_with_state(in_flight, at_most))
         .route("/healthz", get(routes::healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .merge(sluice_telemetry::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(config.query_max_body_bytes))
@@ -90,6 +103,23 @@ pub fn router(state: AppState, config: &Config) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// Serves the request if fewer than the limit are in flight, else answers 503 at once.
+async fn at_most(
+    State(in_flight): State<Arc<Semaphore>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match in_flight.try_acquire_owned() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => error::ApiError::Unavailable(
+            "the query API is serving as many requests as it may at once \
+             (--max-in-flight); retry shortly"
+                .into(),
+        )
+        .into_response(),
+    }
 }
 
 /// A client per query handler: the addresses of a list, or those a `dns://` name resolves to,
@@ -210,4 +240,59 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn requests_past_the_in_flight_limit_are_answered_503_at_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let release = Arc::new(tokio::sync::Notify::new());
+        let entered = Arc::new(AtomicUsize::new(0));
+        let app = Router::new()
+            .route(
+                "/slow",
+                get({
+                    let (release, entered) = (release.clone(), entered.clone());
+                    move || async move {
+                        let released = release.notified();
+                        entered.fetch_add(1, Ordering::SeqCst);
+                        released.await;
+                        "done"
+                    }
+                }),
+            )
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::new(Semaphore::new(2)),
+                at_most,
+            ));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/slow", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let client = reqwest::Client::new();
+        let held: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(client.get(&url).send()))
+            .collect();
+        while entered.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let refused = client.get(&url).send().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body = refused.text().await.unwrap();
+        assert!(body.contains("--max-in-flight"), "{body}");
+        release.notify_waiters();
+        for request in held {
+            assert_eq!(request.await.unwrap().unwrap().status(), 200);
+        }
+        // With the slots free again, a request is served.
+        let third = tokio::spawn(client.get(&url).send());
+        while entered.load(Ordering::SeqCst) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        release.notify_waiters();
+        assert_eq!(third.await.unwrap().unwrap().status(), 200);
+    }
 }

@@ -16,14 +16,19 @@ use tonic::{Code, Status};
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::openapi::ErrorBody;
 use crate::posts::{self, Event, MemoryEntry, MemoryPost};
 use crate::render::{self, ARROW_STREAM, Format};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryBody {
+    /// One read-only statement over the table `notifications`.
+    #[schema(min_length = 1)]
     sql: String,
+    /// `json` (the default), `csv` or `arrow` (an Arrow IPC stream).
     #[serde(default)]
+    #[schema(pattern = "^(json|csv|arrow)$")]
     format: Option<String>,
     /// Answer at once with the query id; `GET /v1/queries/{id}` gives the result later.
     #[serde(default, rename = "async")]
@@ -55,6 +60,20 @@ where
 }
 
 /// `POST /v1/query`.
+#[utoipa::path(post, path = "/v1/query", tag = "read",
+    request_body(content = QueryBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The answer: rows as JSON (or CSV, or Arrow), with the query's id, replica version and time", body = Object),
+        (status = 202, description = "Asked with `async`: the query's id, to ask for later", body = Object),
+        (status = 400, description = "Not SQL, not read-only, or a failure on the data (e.g. a division by zero)", body = ErrorBody),
+        (status = 413, description = "The body is larger than accepted", body = ErrorBody),
+        (status = 422, description = "The answer would be larger than allowed, or the query needs more memory than its limit", body = ErrorBody),
+        (status = 504, description = "The query did not finish within its timeout", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn post_query(
     State(state): State<AppState>,
     caller: Caller,
@@ -83,12 +102,25 @@ pub(crate) async fn post_query(
     render_reply(reply, format)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FormatParam {
+    /// `json` (the default), `csv` or `arrow`.
     format: Option<String>,
 }
 
 /// `GET /v1/queries/{id}`: the query's state, and its result while it is cached.
+#[utoipa::path(get, path = "/v1/queries/{id}", tag = "read",
+    params(("id" = String, Path, description = "The id a query's answer carries"), FormatParam),
+    responses(
+        (status = 200, description = "The query's state (yellow while waiting or running), and its rows while cached", body = Object),
+        (status = 400, description = "An unknown format", body = ErrorBody),
+        (status = 404, description = "No handler remembers that query", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get_query(
     State(state): State<AppState>,
     caller: Caller,
@@ -208,8 +240,10 @@ fn render_reply(reply: QueryReply, format: Format) -> Result<Response, ApiError>
     Ok(response)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AsOfParam {
+    /// The post as it was at this moment (RFC 3339); now unless given.
     as_of: Option<String>,
 }
 
@@ -283,6 +317,17 @@ async fn trail(
 }
 
 /// `GET /v1/posts/{platform}/{post_id}[?as_of=…]`: the post's state.
+#[utoipa::path(get, path = "/v1/posts/{platform}/{post_id}", tag = "read",
+    params(("platform" = String, Path), ("post_id" = String, Path), AsOfParam),
+    responses(
+        (status = 200, description = "The post's state, folded from its notifications", body = Object),
+        (status = 400, description = "`as_of` is not an RFC 3339 time", body = ErrorBody),
+        (status = 404, description = "No notification of that post (by then)", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get_post(
     State(state): State<AppState>,
     caller: Caller,
@@ -313,6 +358,16 @@ pub(crate) async fn get_post(
 }
 
 /// `GET /v1/posts/{platform}/{post_id}/events[?as_of=…]`: its audit trail, oldest first.
+#[utoipa::path(get, path = "/v1/posts/{platform}/{post_id}/events", tag = "read",
+    params(("platform" = String, Path), ("post_id" = String, Path), AsOfParam),
+    responses(
+        (status = 200, description = "The post's notifications, oldest first, with where each came from", body = Object),
+        (status = 400, description = "`as_of` is not an RFC 3339 time", body = ErrorBody),
+        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
+        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
+        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+    ))]
 pub(crate) async fn get_post_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -337,6 +392,8 @@ pub(crate) async fn get_post_events(
 }
 
 /// `GET /healthz`.
+#[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
+    responses((status = 200, description = "The process is up", body = String)))]
 pub(crate) async fn healthz() -> &'static str {
     "ok"
 }

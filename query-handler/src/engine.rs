@@ -14,6 +14,7 @@ use arrow::ipc::writer::StreamWriter;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::disk_manager::DiskManager;
 use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
@@ -39,6 +40,12 @@ pub const TABLE: &str = "notifications";
 pub struct Limits {
     /// Memory DataFusion may reserve for the query's operators (sorts, joins, aggregates).
     pub memory_bytes: usize,
+    /// Where the query's operators spill beyond `memory_bytes`, shared by every query of the
+    /// handler so that its bound is theirs together; None: DataFusion's own (the system's temp
+    /// dir, 100 GB).
+    pub spill: Option<Arc<DiskManager>>,
+    /// The most rows one `generate_series` or `range` may produce ([`crate::series`]).
+    pub max_series_rows: u64,
     pub max_result_rows: u64,
     pub max_result_bytes: usize,
     /// DataFusion's settings for every query.
@@ -410,9 +417,9 @@ const LEAF_PUSHDOWN_RULES: [&str; 2] = [
 /// `notifications`, read by the handler's own scan unless `sluice.dictionary_scan` is off.
 pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionContext, QueryError> {
     let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limits.memory_bytes));
-    let runtime = RuntimeEnvBuilder::new()
-        .with_memory_pool(Arc::clone(&pool))
-        .build_arc()?;
+    let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool));
+    runtime.disk_manager = limits.spill.clone();
+    let runtime = runtime.build_arc()?;
     let mut config = limits.session.clone();
     if config.options().extensions.get::<RuleSwitches>().is_none() {
         config = config.with_option_extension(RuleSwitches::default());
@@ -438,6 +445,9 @@ pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionConte
     );
     let state = state.build();
     let ctx = SessionContext::new_with_state(state);
+    for (name, function) in crate::series::bounded(limits.max_series_rows) {
+        ctx.register_udtf(name, function);
+    }
     let table = if switches.dictionary_scan {
         Arc::clone(&snapshot.provider)
     } else {

@@ -42,6 +42,17 @@ impl From<DataFusionError> for QueryError {
             return QueryError::GaveUp(error.find_root().to_string());
         }
         let root = error.find_root();
+        // The spill space's bound is an I/O error with only its words to tell it by
+        // (DataFusion's `DiskManager`, which its own tests also match by them).
+        if let DataFusionError::ArrowError(arrow, _) = root
+            && let ArrowError::IoError(_, io) = arrow.as_ref()
+            && io.to_string().contains("exceeded the allowable limit")
+        {
+            return QueryError::MemoryLimit(
+                "what it spilled to disk reached the handler's spill limit (--spill-max-bytes)"
+                    .to_string(),
+            );
+        }
         match root {
             DataFusionError::SQL(..)
             | DataFusionError::Plan(_)

@@ -12,6 +12,7 @@
 //! - [`cache`]: the orange cache, answers keyed by normalized SQL and replica version.
 //! - [`queries`]: the states of recent queries (yellow while queued or running, then orange,
 //!   done or failed), for `GetQuery`.
+//! - [`series`]: `generate_series` and `range`, bounded.
 //! - [`lookup`]: point reads of the replica for the other services (a post's notifications, a
 //!   red notification).
 //! - [`error`]: the one mapping from errors to gRPC codes.
@@ -27,13 +28,16 @@ pub mod queries;
 pub mod replica;
 pub mod rules;
 pub mod scan;
+pub mod series;
 pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_core::storage::Storage;
+use anyhow::Context;
+use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
+use sluice_core::storage::{Storage, StorageUrl};
 use sluice_proto::v1::query_handler_server::{QueryHandler, QueryHandlerServer};
 use sluice_proto::v1::{
     ExecuteRequest, GetNotificationRequest, GetQueryRequest, NotificationLookup, Notifications,
@@ -71,6 +75,22 @@ pub struct Config {
     /// Memory one query's operators may reserve; beyond it, they spill to disk or fail.
     #[arg(long, env = "SLUICE_QUERY_MEMORY_BYTES", default_value_t = 2 << 30)]
     pub query_memory_bytes: usize,
+    /// Where queries spill what outgrows their memory (sorts, joins, aggregates): a directory
+    /// of this process's own is made inside it and removed at exit. By default `spill/` under
+    /// the data directory when the storage is one (`file://`), else the system's temp dir.
+    #[arg(long, env = "SLUICE_SPILL_DIR")]
+    pub spill_dir: Option<std::path::PathBuf>,
+    /// The most bytes all of this handler's queries may spill together; a query that would
+    /// spill more fails, saying so (0: queries never spill and fail at their memory limit).
+    #[arg(long, env = "SLUICE_SPILL_MAX_BYTES", default_value_t = 16 << 30)]
+    pub spill_max_bytes: u64,
+    /// The most rows one `generate_series` or `range` in a query may produce.
+    #[arg(
+        long,
+        env = "SLUICE_QUERY_MAX_SERIES_ROWS",
+        default_value_t = 10_000_000
+    )]
+    pub query_max_series_rows: u64,
     /// The most rows a result may have.
     #[arg(long, env = "SLUICE_QUERY_MAX_RESULT_ROWS", default_value_t = 100_000)]
     pub query_max_result_rows: u64,
@@ -113,6 +133,9 @@ impl Config {
             query_concurrency: 2,
             query_timeout_ms: 10_000,
             query_memory_bytes: 512 << 20,
+            spill_dir: None,
+            spill_max_bytes: 1 << 30,
+            query_max_series_rows: 1_000_000,
             query_max_result_rows: 10_000,
             query_max_result_bytes: 8 << 20,
             cache_bytes: 64 << 20,
@@ -158,7 +181,7 @@ impl Config {
     /// environment variables (e.g. `DATAFUSION_EXECUTION_PARQUET_PUSHDOWN_FILTERS=true`), read
     /// once here so that a bad value stops the start instead of failing every query; the
     /// partitions always follow the query threads.
-    fn limits(&self) -> anyhow::Result<Limits> {
+    pub fn limits(&self) -> anyhow::Result<Limits> {
         let mut session = datafusion::prelude::SessionConfig::from_env()
             .map_err(|e| anyhow::anyhow!("a DATAFUSION_* setting is invalid: {e}"))?
             .with_target_partitions(self.threads())
@@ -178,6 +201,8 @@ impl Config {
         }
         Ok(Limits {
             memory_bytes: self.query_memory_bytes,
+            spill: Some(self.spill()?),
+            max_series_rows: self.query_max_series_rows,
             max_result_rows: self.query_max_result_rows,
             max_result_bytes: self.query_max_result_bytes,
             session,
@@ -185,6 +210,36 @@ impl Config {
             max_numbered_strings: rules::number_groups::MAX_NUMBERED,
             deadline: None,
         })
+    }
+}
+
+impl Config {
+    /// The one spill space of every query of this handler, in `--spill-dir` and within
+    /// `--spill-max-bytes`.
+    fn spill(&self) -> anyhow::Result<Arc<DiskManager>> {
+        let mode = match (&self.spill_dir, self.spill_max_bytes) {
+            (_, 0) => DiskManagerMode::Disabled,
+            (None, _) => DiskManagerMode::OsTmpDirectory,
+            (Some(dir), _) => {
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("cannot make the spill directory {}", dir.display())
+                })?;
+                DiskManagerMode::Directories(vec![dir.clone()])
+            }
+        };
+        let mut builder = DiskManagerBuilder::default().with_mode(mode);
+        if self.spill_max_bytes > 0 {
+            builder = builder.with_max_temp_directory_size(self.spill_max_bytes);
+        }
+        Ok(Arc::new(builder.build()?))
+    }
+}
+
+/// Where queries spill unless `--spill-dir` says: under the data directory when there is one.
+fn default_spill_dir(storage: &Storage) -> std::path::PathBuf {
+    match &storage.url {
+        StorageUrl::Local(root) => root.join("spill"),
+        _ => std::env::temp_dir().join("sluice-spill"),
     }
 }
 
@@ -596,6 +651,10 @@ pub async fn serve(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut config = config;
+    if config.spill_dir.is_none() {
+        config.spill_dir = Some(default_spill_dir(storage));
+    }
     let (url, options) = storage.url.table_location(replica_path)?;
     let replica = Arc::new(ReplicaView::new(
         url,

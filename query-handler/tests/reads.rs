@@ -27,6 +27,7 @@ use sluice_consumer::schema::to_record_batch;
 use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 use sluice_query_handler::engine::{self, Limits};
+use sluice_query_handler::error::QueryError;
 use sluice_query_handler::replica::ReplicaView;
 use sluice_query_handler::rules::{self, RuleContext};
 use sluice_query_handler::snapshot::Snapshot;
@@ -90,6 +91,8 @@ fn dictionary_columns() -> Vec<String> {
 fn limits() -> Limits {
     Limits {
         memory_bytes: 64 << 20,
+        spill: None,
+        max_series_rows: 1_000_000,
         max_result_rows: 1_000,
         max_result_bytes: 1 << 20,
         session: SessionConfig::new().with_target_partitions(2),
@@ -140,6 +143,192 @@ async fn a_day_filter_reads_only_that_days_files() {
 }
 
 /// Runs `sql` through the handler's engine and decodes the answer into one batch's columns.
+/// The counts of `metric` (a pruning metric: "N total → M matched") over the plan's scans.
+fn pruning(plan: &Arc<dyn ExecutionPlan>, metric: &str) -> (usize, usize) {
+    let shown =
+        datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref())
+            .indent(true)
+            .to_string();
+    let at = shown
+        .find(&format!("{metric}="))
+        .unwrap_or_else(|| panic!("no {metric} in {shown}"));
+    let text = &shown[at + metric.len() + 1..];
+    let number = |s: &str| -> usize {
+        s.trim()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let total = number(text);
+    let matched = number(&text[text.find("→").unwrap() + "→".len()..]);
+    (total, matched)
+}
+
+#[tokio::test]
+async fn a_look_up_of_an_unknown_key_skips_every_row_group_by_its_bloom_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    // Keys spread as real ids are (hashes), so that every file's min and max enclose the
+    // unknown ones and statistics prune nothing: only bloom filters can.
+    let key =
+        |i: usize, salt: u32| format!("{:08x}", (i as u32 + salt).wrapping_mul(2_654_435_761));
+    let view = table_of(dir.path(), |i| {
+        Notification::from_json(
+            &format!(
+                r#"{{"platform":"p","id":"{}","type":"post.liked","occurred_at":"2026-11-{}T10:00:00Z","post_id":"{}"}}"#,
+                key(i, 0),
+                20 + i % 3,
+                key(i % 50, 1_000)
+            ),
+            0,
+        )
+        .unwrap()
+    })
+    .await;
+    let snapshot = view.current().unwrap();
+    for (sql, expected) in [
+        (
+            format!("SELECT * FROM notifications WHERE platform = 'p' AND id = '80000000'"),
+            0,
+        ),
+        (
+            format!("SELECT * FROM notifications WHERE post_id = '7fffffff'"),
+            0,
+        ),
+        (
+            format!(
+                "SELECT * FROM notifications WHERE platform = 'p' AND id = '{}'",
+                key(41, 0)
+            ),
+            1,
+        ),
+    ] {
+        let ctx = engine::session(&snapshot, &limits()).unwrap();
+        let plan = ctx
+            .sql(&sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        let rows: usize = collect(plan.clone(), ctx.task_ctx())
+            .await
+            .unwrap()
+            .iter()
+            .map(RecordBatch::num_rows)
+            .sum();
+        assert_eq!(rows, expected, "{sql}");
+        // Three days in two commits: six files of one row group each, every one of them
+        // holding ids; only the group that holds the key passes its bloom filter.
+        let (total, matched) = pruning(&plan, "row_groups_pruned_bloom_filter");
+        assert_eq!((total, matched), (6, expected), "{sql}");
+    }
+}
+
+#[tokio::test]
+async fn a_series_is_bounded_and_spills_go_to_their_directory_within_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let view = three_days(dir.path()).await;
+    let snapshot = view.current().unwrap();
+    let run = |sql: &'static str, limits: Limits| {
+        let snapshot = snapshot.clone();
+        async move {
+            let parsed = engine::parse(sql).unwrap();
+            engine::execute(parsed.statement, snapshot, limits).await
+        }
+    };
+    let count = |answer: engine::Answer| {
+        let reader = StreamReader::try_new(answer.ipc.as_slice(), None).unwrap();
+        let batches: Vec<RecordBatch> = reader.map(Result::unwrap).collect();
+        let column = batches[0].column(0);
+        arrow::compute::cast(column, &arrow::datatypes::DataType::Int64)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::Int64Array>()
+            .unwrap()
+            .value(0)
+    };
+    let bounded = Limits {
+        max_series_rows: 100_000,
+        ..limits()
+    };
+
+    for (sql, expected) in [
+        ("SELECT count(*) FROM generate_series(1, 100000)", 100_000),
+        ("SELECT count(*) FROM range(100000)", 100_000),
+        ("SELECT count(*) FROM generate_series(1, 0)", 0),
+    ] {
+        let answer = run(sql, bounded.clone()).await.unwrap();
+        assert_eq!(count(answer), expected, "{sql}");
+    }
+    for sql in [
+        "SELECT count(*) FROM generate_series(1, 100001)",
+        "SELECT count(*) FROM range(1000000000000000)",
+        "SELECT count(*) FROM generate_series(TIMESTAMP '2000-01-01', TIMESTAMP '2100-01-01', INTERVAL '1 second')",
+    ] {
+        let error = run(sql, bounded.clone()).await.unwrap_err();
+        assert!(
+            matches!(error, QueryError::Execution(_))
+                && error.to_string().contains("--query-max-series-rows"),
+            "{sql}: {error}"
+        );
+    }
+
+    // A window over 300,000 sorted rows in 2 MB spills; where to is the handler's spill dir.
+    let spill_dir = dir.path().join("spill");
+    let config = sluice_query_handler::Config {
+        spill_dir: Some(spill_dir.clone()),
+        spill_max_bytes: 1 << 30,
+        ..sluice_query_handler::Config::for_tests()
+    };
+    let mut spilling = Limits {
+        memory_bytes: 2 << 20,
+        spill: config.limits().unwrap().spill,
+        ..limits()
+    };
+    // What a sort keeps back for merging its spills, small enough for a 2 MB pool.
+    spilling
+        .session
+        .options_mut()
+        .execution
+        .sort_spill_reservation_bytes = 64 << 10;
+    let sorted = "SELECT count(*) FROM (SELECT row_number() OVER (ORDER BY value DESC) AS r FROM generate_series(1, 300000)) WHERE r > 1";
+    let answer = run(sorted, spilling.clone()).await.unwrap();
+    assert_eq!(count(answer), 299_999);
+    let made: Vec<_> = std::fs::read_dir(&spill_dir).unwrap().collect();
+    assert_eq!(
+        made.len(),
+        1,
+        "one directory of this handler's own in {spill_dir:?}"
+    );
+    let spilled = spilling.spill.as_ref().unwrap();
+    assert_eq!(
+        spilled.used_disk_space(),
+        0,
+        "spill files go when the query ends"
+    );
+
+    // With room for less than that, the query fails, saying why.
+    let tight = sluice_query_handler::Config {
+        spill_max_bytes: 64 << 10,
+        ..config
+    };
+    let error = run(
+        sorted,
+        Limits {
+            spill: tight.limits().unwrap().spill,
+            ..spilling
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, QueryError::MemoryLimit(_)) && error.to_string().contains("disk"),
+        "{error}"
+    );
+}
+
 async fn answer(sql: &str, snapshot: &Arc<Snapshot>) -> Vec<ArrayRef> {
     answer_with(sql, snapshot, limits()).await
 }

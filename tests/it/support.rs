@@ -206,7 +206,13 @@ impl Sluice {
     ) -> Sluice {
         let log = cwd.join(format!("{log_name}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        // The tests' notifications carry fixed dates, as a load of history does: no bound on
+        // their age unless a test sets one.
+        if !env.iter().any(|(k, _)| k == "SLUICE_MAX_EVENT_AGE_DAYS") {
+            command.env("SLUICE_MAX_EVENT_AGE_DAYS", "0");
+        }
+        let child = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("SLUICE_LOG", "info")
