@@ -26,7 +26,7 @@ pub(crate) struct NotificationIn {
     id: String,
     /// What happened, e.g. `post.created`, `post.liked`.
     #[serde(rename = "type")]
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:/-]+$")]
     kind: String,
     /// When it happened (RFC 3339), within the server's window around now.
     #[schema(format = DateTime, max_length = 64)]
@@ -40,7 +40,7 @@ pub(crate) struct NotificationIn {
     #[schema(max_length = 32768)]
     text: Option<String>,
     /// A language tag such as `en` or `pt-BR`.
-    #[schema(max_length = 35)]
+    #[schema(min_length = 1, max_length = 35, pattern = r"^[A-Za-z0-9_-]+$")]
     lang: Option<String>,
     #[schema(max_items = 64)]
     tags: Option<Vec<String>>,
@@ -57,7 +57,7 @@ pub(crate) struct NotificationIn {
 #[serde(untagged)]
 #[allow(dead_code)]
 pub(crate) enum NotificationsBody {
-    One(NotificationIn),
+    One(Box<NotificationIn>),
     Many(Vec<NotificationIn>),
 }
 

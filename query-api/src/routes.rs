@@ -244,6 +244,7 @@ fn render_reply(reply: QueryReply, format: Format) -> Result<Response, ApiError>
 #[into_params(parameter_in = Query)]
 pub struct AsOfParam {
     /// The post as it was at this moment (RFC 3339); now unless given.
+    #[param(format = DateTime)]
     as_of: Option<String>,
 }
 

@@ -189,11 +189,11 @@ async fn a_look_up_of_an_unknown_key_skips_every_row_group_by_its_bloom_filter()
     let snapshot = view.current().unwrap();
     for (sql, expected) in [
         (
-            format!("SELECT * FROM notifications WHERE platform = 'p' AND id = '80000000'"),
+            "SELECT * FROM notifications WHERE platform = 'p' AND id = '80000000'".to_string(),
             0,
         ),
         (
-            format!("SELECT * FROM notifications WHERE post_id = '7fffffff'"),
+            "SELECT * FROM notifications WHERE post_id = '7fffffff'".to_string(),
             0,
         ),
         (

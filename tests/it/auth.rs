@@ -2,13 +2,12 @@
 //! every refusal with its status, every authorized call, a squatting attempt, keys made by
 //! `sluice key`, and services that refuse to start open where they must not.
 
-use std::net::SocketAddr;
 use std::process::Command;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::support::{BUCKET, S3Server, Sluice, free_addr, wait_for_port};
+use crate::support::{All, BUCKET, S3Server, Sluice, free_addr, start_all, wait_for_port};
 
 /// A key made by `sluice key`, and its line for the keys file.
 fn make_key(name: &str, scopes: &str) -> (String, String) {
@@ -110,29 +109,26 @@ async fn keys_are_scoped_to_platforms_reads_and_administration() {
         format!("# the test's keys\n{acme_line}\n{insta_line}\n{analyst_line}\n"),
     )
     .unwrap();
-    let (ingest, api): (SocketAddr, SocketAddr) = (free_addr(), free_addr());
-    let mut env: Vec<(String, String)> = s3
+    let env: Vec<(String, String)> = s3
         .env()
         .into_iter()
         .filter(|(k, _)| k != "SLUICE_KEYS")
         .collect();
-    for (key, value) in [
-        ("SLUICE_INGEST_ADDR", ingest.to_string()),
-        ("SLUICE_QUERY_ADDR", api.to_string()),
-        ("SLUICE_PUBLISHER_ADDR", free_addr().to_string()),
-        ("SLUICE_CONSUMER_ADDR", free_addr().to_string()),
-        ("SLUICE_QUERY_HANDLER_ADDR", free_addr().to_string()),
-        ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
-        ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
-        // Keys from the file and from the environment add up.
-        ("SLUICE_KEYS_FILE", keys_file.display().to_string()),
-        ("SLUICE_KEYS", ops_line.clone()),
-    ] {
-        env.push((key.to_string(), value));
-    }
-    let sluice = Sluice::spawn(&["all"], &env, dir.path(), "all");
-    wait_for_port(ingest, &sluice).await;
-    wait_for_port(api, &sluice).await;
+    let All {
+        sluice,
+        ingest,
+        api,
+    } = start_all(
+        env,
+        &[
+            // Keys from the file and from the environment add up.
+            ("SLUICE_KEYS_FILE", keys_file.display().to_string()),
+            ("SLUICE_KEYS", ops_line.clone()),
+        ],
+        dir.path(),
+        "all",
+    )
+    .await;
     let write_url = format!("http://{ingest}/v1/notifications?ack=durable");
     let post = |key: Option<String>, body: Value| {
         let url = write_url.clone();

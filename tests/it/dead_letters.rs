@@ -19,9 +19,7 @@ use sluice_proto::v1::publisher_client::PublisherClient;
 use sluice_proto::v1::{AppendRequest, DeadLetterRequest};
 
 use crate::analyst::query;
-use crate::support::{
-    BUCKET, S3Server, Sluice, TEST_KEY, client, free_addr, get_json, wait_for_port,
-};
+use crate::support::{All, BUCKET, S3Server, TEST_KEY, client, free_addr, get_json, start_all};
 
 /// A key that may read but not administer.
 const READ_KEY: &str = "sk_fedcba9876543210fedcba9876543210fedcba9876543210fedcba9876543210";
@@ -87,7 +85,7 @@ async fn a_refused_batch_and_an_undecodable_segment_become_dead_letters_and_noth
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let (ingest, api, publisher_addr) = (free_addr(), free_addr(), free_addr());
+    let publisher_addr = free_addr();
     let mut env = s3.env();
     let reader = sluice_auth::key_line("reader", "read", READ_KEY).unwrap();
     for (key, value) in env.iter_mut() {
@@ -95,21 +93,20 @@ async fn a_refused_batch_and_an_undecodable_segment_become_dead_letters_and_noth
             *value = format!("{value};{reader}");
         }
     }
-    for (key, value) in [
-        ("SLUICE_INGEST_ADDR", ingest.to_string()),
-        ("SLUICE_QUERY_ADDR", api.to_string()),
-        ("SLUICE_PUBLISHER_ADDR", publisher_addr.to_string()),
-        ("SLUICE_CONSUMER_ADDR", free_addr().to_string()),
-        ("SLUICE_QUERY_HANDLER_ADDR", free_addr().to_string()),
-        ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
-        ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
-        ("SLUICE_LIST_INTERVAL_SECS", "1".to_string()),
-    ] {
-        env.push((key.to_string(), value));
-    }
-    let sluice = Sluice::spawn(&["all"], &env, dir.path(), "all");
-    wait_for_port(ingest, &sluice).await;
-    wait_for_port(api, &sluice).await;
+    let All {
+        sluice: _sluice,
+        ingest,
+        api,
+    } = start_all(
+        env,
+        &[
+            ("SLUICE_PUBLISHER_ADDR", publisher_addr.to_string()),
+            ("SLUICE_LIST_INTERVAL_SECS", "1".to_string()),
+        ],
+        dir.path(),
+        "all",
+    )
+    .await;
 
     // The node's first batch tells its producer id.
     let (status, answer) = post(ingest, "dl-1", "durable").await;

@@ -8,6 +8,7 @@ mod compose;
 mod dead_letters;
 mod differential;
 mod faults;
+mod http_contract;
 mod k8s;
 mod master_store;
 mod metrics;

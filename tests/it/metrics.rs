@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use crate::analyst::query;
 use crate::support::{
-    BUCKET, S3Server, Sluice, client, free_addr, notification, post_all, wait_for_port,
+    All, BUCKET, S3Server, Sluice, client, free_addr, notification, post_all, start_all,
+    wait_for_port,
 };
 
 /// The Prometheus text of one `/metrics`.
@@ -63,24 +64,20 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let (ingest, api) = (free_addr(), free_addr());
-    let mut env = s3.env();
-    for (key, value) in [
-        ("SLUICE_INGEST_ADDR", ingest.to_string()),
-        ("SLUICE_QUERY_ADDR", api.to_string()),
-        ("SLUICE_PUBLISHER_ADDR", free_addr().to_string()),
-        ("SLUICE_CONSUMER_ADDR", free_addr().to_string()),
-        ("SLUICE_QUERY_HANDLER_ADDR", free_addr().to_string()),
-        ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
-        ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
-        ("SLUICE_LOG_FORMAT", "json".to_string()),
-        ("SLUICE_RATE_LIMIT_PER_KEY", "20".to_string()),
-    ] {
-        env.push((key.to_string(), value));
-    }
-    let sluice = Sluice::spawn(&["all"], &env, dir.path(), "all");
-    wait_for_port(ingest, &sluice).await;
-    wait_for_port(api, &sluice).await;
+    let All {
+        sluice,
+        ingest,
+        api,
+    } = start_all(
+        s3.env(),
+        &[
+            ("SLUICE_LOG_FORMAT", "json".to_string()),
+            ("SLUICE_RATE_LIMIT_PER_KEY", "20".to_string()),
+        ],
+        dir.path(),
+        "all",
+    )
+    .await;
 
     // Before any load: the gauges read from state are there, the counters at zero.
     let before = scrape(ingest).await;

@@ -13,7 +13,9 @@ use serde_json::{Value, json};
 use sluice_consumer::replica::Replica;
 
 use crate::analyst::{self, SUITE, SUITE_PY, file_list, live_files, load, query, run_suite};
-use crate::support::{BUCKET, S3Server, Sluice, free_addr, get_json, python, wait_for_port};
+use crate::support::{
+    All, BUCKET, S3Server, Sluice, free_addr, get_json, python, start_all, wait_for_port,
+};
 
 /// A query handler and a query API, as separate processes, over the S3 server's replica.
 pub(crate) struct ReadSide {
@@ -352,23 +354,17 @@ async fn a_posts_state_and_trail_include_fresh_notifications_and_red_ones_come_f
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET);
     let dir = tempfile::tempdir().unwrap();
-    let (ingest, api) = (free_addr(), free_addr());
-    let mut env = s3.env();
-    for (key, value) in [
-        ("SLUICE_INGEST_ADDR", ingest.to_string()),
-        ("SLUICE_QUERY_ADDR", api.to_string()),
-        ("SLUICE_PUBLISHER_ADDR", free_addr().to_string()),
-        ("SLUICE_CONSUMER_ADDR", free_addr().to_string()),
-        ("SLUICE_QUERY_HANDLER_ADDR", free_addr().to_string()),
-        ("SLUICE_GREEN_TTL_SECS", "1".to_string()),
-        ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
-        ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
-    ] {
-        env.push((key.to_string(), value));
-    }
-    let sluice = Sluice::spawn(&["all"], &env, dir.path(), "all");
-    wait_for_port(ingest, &sluice).await;
-    wait_for_port(api, &sluice).await;
+    let All {
+        sluice: _sluice,
+        ingest,
+        api,
+    } = start_all(
+        s3.env(),
+        &[("SLUICE_GREEN_TTL_SECS", "1".to_string())],
+        dir.path(),
+        "all",
+    )
+    .await;
     let client = crate::support::client();
     let post = |ack: &'static str, body: Value| {
         let client = client.clone();

@@ -343,6 +343,47 @@ pub(crate) async fn get_json(url: &str) -> Value {
         .unwrap()
 }
 
+/// A `sluice all` of a test's own, answering on its two REST ports.
+pub(crate) struct All {
+    pub(crate) sluice: Sluice,
+    pub(crate) ingest: SocketAddr,
+    pub(crate) api: SocketAddr,
+}
+
+/// Starts `sluice all` in `dir` with `env` (an S3 server's, say), every service on a free port
+/// of its own, quick replication, and then `settings` (which win over all of those).
+pub(crate) async fn start_all(
+    env: Vec<(String, String)>,
+    settings: &[(&str, String)],
+    dir: &Path,
+    log_name: &str,
+) -> All {
+    let (ingest, api) = (free_addr(), free_addr());
+    let mut env = env;
+    for (key, value) in [
+        ("SLUICE_INGEST_ADDR", ingest.to_string()),
+        ("SLUICE_QUERY_ADDR", api.to_string()),
+        ("SLUICE_PUBLISHER_ADDR", free_addr().to_string()),
+        ("SLUICE_CONSUMER_ADDR", free_addr().to_string()),
+        ("SLUICE_QUERY_HANDLER_ADDR", free_addr().to_string()),
+        ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
+        ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
+    ]
+    .into_iter()
+    .chain(settings.iter().cloned())
+    {
+        env.push((key.to_string(), value));
+    }
+    let sluice = Sluice::spawn(&["all"], &env, dir, log_name);
+    wait_for_port(ingest, &sluice).await;
+    wait_for_port(api, &sluice).await;
+    All {
+        sluice,
+        ingest,
+        api,
+    }
+}
+
 /// How many notifications an ingest API holds as green or has evicted (red): all of them are
 /// in the replica.
 pub(crate) async fn replicated_count(ingest: SocketAddr) -> (u64, Value) {
@@ -508,7 +549,7 @@ pub(crate) fn python() -> PathBuf {
                     && Command::new(&python)
                         .args([
                             "-c",
-                            "import deltalake, pyarrow, duckdb, kubernetes_validate",
+                            "import deltalake, pyarrow, duckdb, kubernetes_validate, schemathesis",
                         ])
                         .status()
                         .is_ok_and(|s| s.success())
