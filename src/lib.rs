@@ -295,10 +295,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Sets this process's cluster secret, which its gRPC services require and its clients send.
+/// Sets this process's cluster secret, which its gRPC services require and its clients send,
+/// and its TLS when certificates are given.
 fn secure_grpc(cluster: &sluice_auth::ClusterArgs, make_one: bool) -> anyhow::Result<()> {
     if let Some(secret) = cluster.secret(make_one)? {
         sluice_proto::cluster::set_secret(&secret).map_err(anyhow::Error::msg)?;
+    }
+    if let (Some(cert), Some(key), Some(ca)) =
+        (&cluster.tls_cert, &cluster.tls_key, &cluster.tls_ca)
+    {
+        let read = |path: &std::path::PathBuf, what: &str| {
+            std::fs::read(path)
+                .with_context(|| format!("cannot read the TLS {what} {}", path.display()))
+        };
+        sluice_proto::tls::set(sluice_proto::tls::TlsFiles {
+            cert_pem: read(cert, "certificate")?,
+            key_pem: read(key, "key")?,
+            ca_pem: read(ca, "CA certificate")?,
+            client_auth: cluster.tls_client_auth,
+            server_name: cluster.tls_server_name.clone(),
+        })
+        .map_err(anyhow::Error::msg)?;
+        tracing::info!(
+            client_auth = cluster.tls_client_auth,
+            "gRPC between services is TLS"
+        );
     }
     Ok(())
 }

@@ -471,6 +471,24 @@ pub struct ClusterArgs {
     /// A file holding the cluster secret (trailing whitespace ignored).
     #[arg(long, env = "SLUICE_CLUSTER_SECRET_FILE")]
     pub cluster_secret_file: Option<PathBuf>,
+    /// This service's TLS certificate (PEM, chain first) for gRPC between services; with
+    /// --tls-key and --tls-ca, every gRPC connection of this process is TLS.
+    #[arg(long, env = "SLUICE_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, env = "SLUICE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA that signs every Sluice service's certificate (PEM): servers are checked
+    /// against it, and clients too with --tls-client-auth.
+    #[arg(long, env = "SLUICE_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    /// Require a client certificate signed by --tls-ca on every gRPC connection (mTLS).
+    #[arg(long, env = "SLUICE_TLS_CLIENT_AUTH", requires = "tls_cert")]
+    pub tls_client_auth: bool,
+    /// The name clients check in servers' certificates instead of the host they dial (e.g.
+    /// when they dial pods' IPs).
+    #[arg(long, env = "SLUICE_TLS_SERVER_NAME", requires = "tls_cert")]
+    pub tls_server_name: Option<String>,
 }
 
 impl ClusterArgs {

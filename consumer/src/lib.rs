@@ -306,7 +306,7 @@ pub async fn serve(
     ));
     tracing::info!(addr = ?listener.local_addr().ok(), storage = %storage.url, replica = config.replica_path, "consumer listening");
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let serving = tonic::transport::Server::builder()
+    let serving = sluice_proto::tls::server()?
         .add_service(health_service)
         .add_service(sluice_proto::cluster::guarded(ConsumerServer::new(service)))
         .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());

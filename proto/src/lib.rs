@@ -9,8 +9,10 @@ pub mod v1 {
 
 pub mod cluster;
 mod convert;
+pub mod tls;
 
-/// The channel every Sluice client uses: it carries the cluster secret ([`cluster`]).
+/// The channel every Sluice client uses: it carries the cluster secret ([`cluster`]), over
+/// TLS when it is set ([`tls`]).
 pub type Channel =
     tonic::service::interceptor::InterceptedService<tonic::transport::Channel, cluster::SendSecret>;
 
@@ -101,14 +103,18 @@ fn resolved_channel(name: String) -> tonic::transport::Channel {
 }
 
 fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-    let url = if addr.contains("://") {
-        addr.to_string()
-    } else {
-        format!("http://{addr}")
+    let scheme = tls::scheme();
+    let url = match addr.split_once("://") {
+        // With TLS on, an `http://` address is dialled as `https://`: never in clear.
+        Some(("http" | "https", rest)) => format!("{scheme}://{rest}"),
+        Some(_) => addr.to_string(),
+        None => format!("{scheme}://{addr}"),
     };
-    Ok(tonic::transport::Endpoint::from_shared(url)?
-        .connect_timeout(std::time::Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(std::time::Duration::from_secs(10))
-        .keep_alive_timeout(std::time::Duration::from_secs(5)))
+    tls::client(
+        tonic::transport::Endpoint::from_shared(url)?
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(10))
+            .keep_alive_timeout(std::time::Duration::from_secs(5)),
+    )
 }

@@ -93,6 +93,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
         )
         .layer(axum::middleware::from_fn_with_state(in_flight, at_most))
         .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
         .merge(sluice_telemetry::router())
         .fallback(routes::not_found)

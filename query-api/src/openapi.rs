@@ -18,6 +18,7 @@ use utoipa::OpenApi;
         crate::routes::get_post,
         crate::routes::get_post_events,
         crate::routes::healthz,
+        crate::routes::readyz,
         openapi_json,
     ),
     modifiers(&Bearer),

@@ -392,6 +392,33 @@ pub(crate) async fn get_post_events(
     })))
 }
 
+/// `GET /readyz`: a query handler answers this API (any answer but UNAVAILABLE: one that
+/// has not loaded the replica yet still answers, and a table that does not exist yet is no
+/// reason to take this API out of a load balancer). Not ready (503, saying why) when none does.
+#[utoipa::path(get, path = "/readyz", tag = "probes", security(()),
+    responses(
+        (status = 200, description = "A query handler answers", body = Object),
+        (status = 503, description = "No query handler answers", body = ErrorBody),
+    ))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut last = None;
+    for mut handler in state.handlers.all() {
+        let mut request = tonic::Request::new(GetQueryRequest {
+            query_id: "readyz".into(),
+        });
+        request.set_timeout(std::time::Duration::from_secs(2));
+        match handler.get_query(request).await {
+            Err(status) if status.code() == Code::Unavailable => last = Some(status),
+            Err(status) if status.code() == Code::DeadlineExceeded => last = Some(status),
+            _ => return Ok(Json(json!({ "ready": true }))),
+        }
+    }
+    Err(ApiError::Unavailable(match last {
+        Some(status) => format!("no query handler answers: {}", status.message()),
+        None => "no query handler is known (an empty list, or a name that resolves to none)".into(),
+    }))
+}
+
 /// `GET /healthz`.
 #[utoipa::path(get, path = "/healthz", tag = "probes", security(()),
     responses((status = 200, description = "The process is up", body = String)))]

@@ -675,7 +675,7 @@ pub async fn serve(
     // The standard gRPC health service ("" is SERVING while the server runs): what a
     // Kubernetes gRPC probe asks.
     let (_, health) = tonic_health::server::health_reporter();
-    tonic::transport::Server::builder()
+    sluice_proto::tls::server()?
         .add_service(health)
         .add_service(sluice_proto::cluster::guarded(
             QueryHandlerServer::new(service)

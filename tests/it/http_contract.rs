@@ -8,7 +8,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::support::{All, TEST_KEY, auth_env, client, get_json, notification, python, start_all};
+use crate::support::{
+    All, Sluice, TEST_KEY, auth_env, client, free_addr, get_json, notification, python, start_all,
+    wait_for_port,
+};
 
 /// Cases per route in schemathesis's generated phase (its coverage phase adds its own).
 fn examples() -> String {
@@ -100,6 +103,7 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
         [
             "/healthz",
             "/openapi.json",
+            "/readyz",
             "/v1/posts/{platform}/{post_id}",
             "/v1/posts/{platform}/{post_id}/events",
             "/v1/queries/{id}",
@@ -131,6 +135,8 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
     }
     eprintln!("schemathesis: {tried} cases, 0 server errors");
 
+    let answer = reqwest::get(format!("http://{api}/readyz")).await.unwrap();
+    assert_eq!(answer.status(), 200);
     let log = sluice.log_text();
     assert!(!log.contains("panicked"), "{log}");
     // The process is still whole: it answers, and what it acknowledged is still there.
@@ -139,4 +145,36 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
         stats["memory"]["entries"].as_u64().unwrap() >= 20,
         "{stats}"
     );
+}
+
+#[tokio::test]
+async fn the_query_api_is_ready_only_while_a_query_handler_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api, handler) = (free_addr(), free_addr());
+    let mut env: Vec<(String, String)> = auth_env().into();
+    env.push(("SLUICE_QUERY_ADDR".into(), api.to_string()));
+    env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), handler.to_string()));
+    env.push(("SLUICE_STORAGE".into(), "file://./data".into()));
+    let api_process = Sluice::spawn(&["query-api"], &env, dir.path(), "query-api");
+    wait_for_port(api, &api_process).await;
+    let readyz = || async {
+        let answer = reqwest::get(format!("http://{api}/readyz")).await.unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (status, body) = readyz().await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no query handler answers"), "{body}");
+
+    // A handler on the embedded default with no table yet still answers: ready.
+    let handler_process = Sluice::spawn(&["query-handler"], &env, dir.path(), "query-handler");
+    wait_for_port(handler, &handler_process).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = readyz().await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{status} {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

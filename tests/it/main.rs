@@ -16,4 +16,5 @@ mod read_path;
 mod replica;
 mod scale_out;
 mod support;
+mod tls;
 mod write_path;
