@@ -31,7 +31,6 @@ mod analyst;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use sluice_consumer::replica::Replica;
 use sluice_query_handler::lookup;
 use sluice_query_handler::replica::ReplicaView;
 
@@ -70,28 +69,9 @@ async fn main() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let dir = tempfile::tempdir().unwrap();
-    let table_dir = dir.path().join("replica");
-    std::fs::create_dir_all(&table_dir).unwrap();
-    let url = url::Url::from_directory_path(&table_dir).unwrap();
-    let mut replica = Replica::open_or_create(url.clone(), Default::default())
-        .await
-        .unwrap();
     let started = Instant::now();
-    analyst::load(&mut replica, "generated", 1..batches + 1, 20).await;
-    let maintenance = sluice_consumer::Config::for_tests()
-        .maintenance()
-        .on_every_core();
-    let (table, _) = sluice_consumer::maintenance::maintain(
-        replica.table().clone(),
-        &maintenance,
-        chrono::NaiveDate::MAX,
-        &sluice_consumer::lease::Fence::sole(),
-    )
-    .await
-    .unwrap();
-    replica = Replica::open_or_create(table.table_url().clone(), Default::default())
-        .await
-        .unwrap();
+    let replica = analyst::compacted_table(&dir.path().join("replica"), batches).await;
+    let url = replica.table().table_url().clone();
     let rows = batches as usize * analyst::BATCH_ROWS;
     let files = analyst::live_files(&replica, dir.path(), "");
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();

@@ -33,7 +33,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice_consumer::replica::Replica;
 use support::{Sluice, free_addr, wait_for_port};
 
 fn median(values: &mut [f64]) -> f64 {
@@ -54,29 +53,8 @@ async fn main() {
         dir.disable_cleanup(true);
         eprintln!("BENCH_KEEP: the table stays in {}", dir.path().display());
     }
-    let table_dir = dir.path().join("data/replica");
-    std::fs::create_dir_all(&table_dir).unwrap();
-    let url = url::Url::from_directory_path(&table_dir).unwrap();
-    let mut replica = Replica::open_or_create(url, Default::default())
-        .await
-        .unwrap();
     let started = Instant::now();
-    analyst::load(&mut replica, "generated", 1..batches + 1, 20).await;
-    // Every generated day is closed: compact them all as the consumer's maintenance does.
-    let maintenance = sluice_consumer::Config::for_tests()
-        .maintenance()
-        .on_every_core();
-    let (table, _) = sluice_consumer::maintenance::maintain(
-        replica.table().clone(),
-        &maintenance,
-        chrono::NaiveDate::MAX,
-        &sluice_consumer::lease::Fence::sole(),
-    )
-    .await
-    .unwrap();
-    replica = Replica::open_or_create(table.table_url().clone(), Default::default())
-        .await
-        .unwrap();
+    let replica = analyst::compacted_table(&dir.path().join("data/replica"), batches).await;
     let rows = batches as usize * analyst::BATCH_ROWS;
     let files = analyst::live_files(&replica, dir.path(), "");
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();

@@ -598,6 +598,21 @@ pub mod openapi {
         pub error: String,
     }
 
+    /// What every keyed route may answer before its handler runs.
+    #[derive(utoipa::IntoResponses)]
+    #[allow(dead_code)]
+    pub enum KeyRefusals {
+        /// No key, or one this service does not know.
+        #[response(status = 401)]
+        Unauthenticated(ErrorBody),
+        /// The key's scope does not cover this call.
+        #[response(status = 403)]
+        Forbidden(ErrorBody),
+        /// The key's rate limit is reached; `Retry-After` says when to come back.
+        #[response(status = 429)]
+        RateLimited(ErrorBody),
+    }
+
     /// Adds the `bearer` security scheme (an API key in `Authorization: Bearer …`).
     pub struct Bearer;
 
@@ -732,6 +747,11 @@ mod tests {
             mode,
             cluster_secret: None,
             cluster_secret_file: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_client_auth: false,
+            tls_server_name: None,
         };
         let args = |mode, keys: Option<&str>| AuthArgs {
             keys_file: None,

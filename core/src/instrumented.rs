@@ -1,9 +1,10 @@
 //! The object store as operators see it: every request of Sluice's own data plane (master
-//! segments, dead letters, leases, probes) counted by operation and outcome, and timed.
+//! segments, dead letters, leases, probes) and the query handler's reads of the replica's
+//! Parquet files, counted by operation and outcome, and timed.
 //!
-//! A thin wrapper that delegates every call; the replica's Delta log and Parquet files go
-//! through deltalake's own store, whose work shows in the consumer's commit and the query
-//! handler's query durations instead.
+//! A thin wrapper that delegates every call. The consumer's Delta commits (log entries and
+//! Parquet writes) and the Delta log reads go through deltalake's own store, whose work shows in
+//! the consumer's commit durations and the query durations instead.
 
 use std::fmt;
 use std::ops::Range;

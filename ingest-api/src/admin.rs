@@ -21,7 +21,7 @@ use sluice_proto::v1::{GetDeadLetterRequest, ListDeadLettersRequest};
 use crate::AppState;
 use crate::error::ApiError;
 use crate::memory::Admitted;
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, KeyRefusals};
 use crate::routes::{Ack, admit_and_wait};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -37,9 +37,7 @@ pub struct ListParams {
     responses(
         (status = 200, description = "The letters and how many there are", body = Object),
         (status = 503, description = "The publisher does not answer", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn list(
     State(state): State<AppState>,
@@ -79,9 +77,7 @@ pub(crate) async fn list(
         (status = 400, description = "Not a dead letter's id", body = ErrorBody),
         (status = 404, description = "No such letter", body = ErrorBody),
         (status = 503, description = "The publisher does not answer", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn get(
     State(state): State<AppState>,
@@ -105,9 +101,7 @@ pub(crate) async fn get(
         (status = 400, description = "Not a refused batch's letter", body = ErrorBody),
         (status = 404, description = "No such letter", body = ErrorBody),
         (status = 503, description = "The publisher does not answer", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn replay(
     State(state): State<AppState>,

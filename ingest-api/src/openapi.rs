@@ -6,7 +6,7 @@
 
 use serde::Deserialize;
 use sluice_auth::openapi::Bearer;
-pub(crate) use sluice_auth::openapi::ErrorBody;
+pub(crate) use sluice_auth::openapi::{ErrorBody, KeyRefusals};
 use utoipa::{OpenApi, ToSchema};
 
 /// One notification as a platform sends it.

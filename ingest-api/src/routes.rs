@@ -22,7 +22,7 @@ use crate::AppState;
 use crate::body::{self, Framing};
 use crate::error::ApiError;
 use crate::memory::{AckWaiter, Admitted, Held};
-use crate::openapi::{ErrorBody, NotificationIn, NotificationsBody};
+use crate::openapi::{ErrorBody, KeyRefusals, NotificationIn, NotificationsBody};
 
 /// How long a write waits before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -149,9 +149,7 @@ impl BodyHold {
         (status = 413, description = "The body is larger, or holds more notifications, than accepted", body = ErrorBody),
         (status = 415, description = "Not JSON or NDJSON", body = ErrorBody),
         (status = 503, description = "Shared memory is full or the store does not answer in time; retry after Retry-After", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn post_notifications(
     State(state): State<AppState>,
@@ -318,9 +316,7 @@ pub(crate) async fn admit_and_wait(
         (status = 200, description = "The notification and its color", body = Object),
         (status = 404, description = "Neither in memory nor in the replica", body = ErrorBody),
         (status = 503, description = "Not in memory, and the replica cannot be asked now", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn get_notification(
     State(state): State<AppState>,
@@ -376,9 +372,7 @@ pub(crate) async fn get_notification(
     params(("platform" = String, Path), ("post_id" = String, Path)),
     responses(
         (status = 200, description = "The post's notifications in this node's memory", body = Object),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn get_memory_post(
     State(state): State<AppState>,
@@ -468,9 +462,7 @@ pub(crate) async fn readyz(
 #[utoipa::path(get, path = "/v1/stats", tag = "write",
     responses(
         (status = 200, description = "Entries by color, bytes, freshness", body = Object),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key's scope does not cover this call", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody)
+        KeyRefusals
     ))]
 pub(crate) async fn stats(
     State(state): State<AppState>,

@@ -2,7 +2,7 @@
 //! `#[utoipa::path]` attributes.
 
 use sluice_auth::openapi::Bearer;
-pub(crate) use sluice_auth::openapi::ErrorBody;
+pub(crate) use sluice_auth::openapi::{ErrorBody, KeyRefusals};
 use utoipa::OpenApi;
 
 #[derive(OpenApi)]

@@ -16,7 +16,7 @@ use tonic::{Code, Status};
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::openapi::ErrorBody;
+use crate::openapi::{ErrorBody, KeyRefusals};
 use crate::posts::{self, Event, MemoryEntry, MemoryPost};
 use crate::render::{self, ARROW_STREAM, Format};
 
@@ -69,10 +69,8 @@ where
         (status = 413, description = "The body is larger than accepted", body = ErrorBody),
         (status = 422, description = "The answer would be larger than allowed, or the query needs more memory than its limit", body = ErrorBody),
         (status = 504, description = "The query did not finish within its timeout", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
-        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
+        KeyRefusals
     ))]
 pub(crate) async fn post_query(
     State(state): State<AppState>,
@@ -116,10 +114,8 @@ pub struct FormatParam {
         (status = 200, description = "The query's state (yellow while waiting or running), and its rows while cached", body = Object),
         (status = 400, description = "An unknown format", body = ErrorBody),
         (status = 404, description = "No handler remembers that query", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
-        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
+        KeyRefusals
     ))]
 pub(crate) async fn get_query(
     State(state): State<AppState>,
@@ -324,10 +320,8 @@ async fn trail(
         (status = 200, description = "The post's state, folded from its notifications", body = Object),
         (status = 400, description = "`as_of` is not an RFC 3339 time", body = ErrorBody),
         (status = 404, description = "No notification of that post (by then)", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
-        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
+        KeyRefusals
     ))]
 pub(crate) async fn get_post(
     State(state): State<AppState>,
@@ -364,10 +358,8 @@ pub(crate) async fn get_post(
     responses(
         (status = 200, description = "The post's notifications, oldest first, with where each came from", body = Object),
         (status = 400, description = "`as_of` is not an RFC 3339 time", body = ErrorBody),
-        (status = 401, description = "No key, or an unknown one", body = ErrorBody),
-        (status = 403, description = "The key has no `read` scope", body = ErrorBody),
-        (status = 429, description = "The key's rate limit is reached; see Retry-After", body = ErrorBody),
-        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody)
+        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
+        KeyRefusals
     ))]
 pub(crate) async fn get_post_events(
     State(state): State<AppState>,

@@ -143,7 +143,10 @@ impl ReplicaTable {
         let partition_columns = fields[first_partition..].to_vec();
 
         let log_store = table.log_store();
-        let store = log_store.object_store(None);
+        // The Parquet reads of every query show in the object store's request metrics.
+        let store: Arc<dyn ObjectStore> = Arc::new(sluice_core::instrumented::Instrumented::new(
+            log_store.object_store(None),
+        ));
         let mut files = Vec::new();
         for file in state.log_data().iter() {
             if file.deletion_vector_descriptor().is_some() {

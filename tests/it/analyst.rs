@@ -126,6 +126,34 @@ pub(crate) async fn load(
     }
 }
 
+/// The benchmarks' table: generated batches `1..=batches` in a new Delta table at `table_dir`,
+/// committed 20 batches (200,000 rows) at a time by the consumer's own code and then compacted
+/// as the consumer's maintenance leaves closed days.
+#[allow(dead_code)] // for benches/query.rs and benches/lookup.rs, which include this file
+pub(crate) async fn compacted_table(table_dir: &Path, batches: u64) -> Replica {
+    std::fs::create_dir_all(table_dir).unwrap();
+    let url = url::Url::from_directory_path(table_dir).unwrap();
+    let mut replica = Replica::open_or_create(url, Default::default())
+        .await
+        .unwrap();
+    load(&mut replica, "generated", 1..batches + 1, 20).await;
+    // Every generated day is closed: compact them all as the consumer's maintenance does.
+    let maintenance = sluice_consumer::Config::for_tests()
+        .maintenance()
+        .on_every_core();
+    let (table, _) = sluice_consumer::maintenance::maintain(
+        replica.table().clone(),
+        &maintenance,
+        chrono::NaiveDate::MAX,
+        &sluice_consumer::lease::Fence::sole(),
+    )
+    .await
+    .unwrap();
+    Replica::open_or_create(table.table_url().clone(), Default::default())
+        .await
+        .unwrap()
+}
+
 /// The suite's queries, `(name, sql)`, in file order.
 pub(crate) fn suite() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(SUITE).unwrap();

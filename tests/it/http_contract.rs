@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::support::{
-    All, Sluice, TEST_KEY, auth_env, client, free_addr, get_json, notification, python, start_all,
+    All, Sluice, TEST_KEY, client, free_addr, get_json, local_env, notification, python, start_all,
     wait_for_port,
 };
 
@@ -74,8 +74,7 @@ async fn documented(addr: SocketAddr) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut env: Vec<(String, String)> = auth_env().into();
-    env.push(("SLUICE_STORAGE".into(), "file://./data".into()));
+    let env = local_env();
     let All {
         sluice,
         ingest,
@@ -110,6 +109,15 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
             "/v1/query",
         ]
     );
+
+    // A keyed route documents the refusals of a key as well as its own answers.
+    let document = get_json(&format!("http://{ingest}/openapi.json")).await;
+    let responses = &document["paths"]["/v1/notifications"]["post"]["responses"];
+    for status in [
+        "200", "202", "400", "401", "403", "413", "415", "429", "503",
+    ] {
+        assert!(responses.get(status).is_some(), "{status}: {responses}");
+    }
 
     // Some notifications in the replica, so that reads have a table to read.
     let answer = client()
@@ -151,10 +159,9 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
 async fn the_query_api_is_ready_only_while_a_query_handler_answers() {
     let dir = tempfile::tempdir().unwrap();
     let (api, handler) = (free_addr(), free_addr());
-    let mut env: Vec<(String, String)> = auth_env().into();
+    let mut env = local_env();
     env.push(("SLUICE_QUERY_ADDR".into(), api.to_string()));
     env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), handler.to_string()));
-    env.push(("SLUICE_STORAGE".into(), "file://./data".into()));
     let api_process = Sluice::spawn(&["query-api"], &env, dir.path(), "query-api");
     wait_for_port(api, &api_process).await;
     let readyz = || async {

@@ -263,6 +263,14 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
     );
     assert_eq!(value("sluice_queries_running", &[]), 0.0);
     assert_eq!(value("sluice_queries_waiting", &[]), 0.0);
+    // The handler's reads of the replica's Parquet files are object store requests too.
+    assert!(
+        value(
+            "sluice_object_store_requests_total",
+            &[("op", "get_ranges"), ("outcome", "ok")]
+        ) >= 1.0,
+        "{read}"
+    );
     // Its value may already be 0 again: a commit after the queries retires their answers.
     assert!(has_series(&read, "sluice_query_cache_bytes"));
     assert_eq!(

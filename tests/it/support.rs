@@ -343,6 +343,14 @@ pub(crate) async fn get_json(url: &str) -> Value {
         .unwrap()
 }
 
+/// The environment of a `sluice` on the embedded default (`./data` in its working directory),
+/// with the tests' key and cluster secret.
+pub(crate) fn local_env() -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = auth_env().into();
+    env.push(("SLUICE_STORAGE".into(), "file://./data".into()));
+    env
+}
+
 /// A `sluice all` of a test's own, answering on its two REST ports.
 pub(crate) struct All {
     pub(crate) sluice: Sluice,

@@ -16,7 +16,7 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::support::{
-    All, CLUSTER_SECRET, auth_env, client, free_addr, get_json, notification, start_all,
+    All, CLUSTER_SECRET, client, free_addr, get_json, local_env, notification, start_all,
 };
 
 /// PEM of a certificate and its key.
@@ -102,8 +102,7 @@ async fn services_speak_mutual_tls_and_turn_away_every_other_caller() {
         write(dir.path(), "service.key", &service.key),
     );
     let publisher = free_addr();
-    let mut env: Vec<(String, String)> = auth_env().into();
-    env.push(("SLUICE_STORAGE".into(), "file://./data".into()));
+    let env = local_env();
     let All {
         sluice,
         ingest,
