@@ -20,6 +20,14 @@ pub type CacheKey = (String, u64);
 struct Cached {
     answer: Arc<Answer>,
     inserted: Instant,
+    /// What the entry holds: its answer and its key (the normalized SQL, up to the largest
+    /// query body).
+    size: usize,
+}
+
+/// The bytes an entry of `key` and `answer` holds.
+fn entry_size(key: &CacheKey, answer: &Answer) -> usize {
+    answer.size_bytes() + key.0.len()
 }
 
 pub struct ResultCache {
@@ -58,7 +66,7 @@ impl ResultCache {
     /// Caches `answer` under `key`. An answer larger than a quarter of the budget is not kept:
     /// it would push out many small ones, and analysts repeat small answers.
     pub fn insert(&self, key: CacheKey, answer: Arc<Answer>) -> bool {
-        let size = answer.size_bytes();
+        let size = entry_size(&key, &answer);
         if size > self.budget / 4 || key.1 < self.oldest_version.load(Ordering::Acquire) {
             return false;
         }
@@ -66,9 +74,13 @@ impl ResultCache {
         // subtracts what was not added yet.
         let used = self.used_bytes.fetch_add(size, Ordering::AcqRel) + size;
         let inserted = Instant::now();
-        if let Some(old) = self.entries.insert(key, Cached { answer, inserted }) {
-            self.used_bytes
-                .fetch_sub(old.answer.size_bytes(), Ordering::AcqRel);
+        let entry = Cached {
+            answer,
+            inserted,
+            size,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.used_bytes.fetch_sub(old.size, Ordering::AcqRel);
         }
         if used > self.budget {
             self.shrink_to(self.budget);
@@ -120,8 +132,7 @@ impl ResultCache {
 
     fn remove_if(&self, key: &CacheKey, predicate: impl FnOnce(&Cached) -> bool) {
         if let Some((_, removed)) = self.entries.remove_if(key, |_, c| predicate(c)) {
-            self.used_bytes
-                .fetch_sub(removed.answer.size_bytes(), Ordering::AcqRel);
+            self.used_bytes.fetch_sub(removed.size, Ordering::AcqRel);
         }
     }
 }
@@ -171,6 +182,21 @@ mod tests {
             "an old version's answer"
         );
         assert!(cache.get(&("q".into(), 2)).is_some());
-        assert_eq!(cache.used_bytes(), answer(10).size_bytes());
+        assert_eq!(cache.used_bytes(), answer(10).size_bytes() + "q".len());
+    }
+
+    #[test]
+    fn a_long_query_text_counts_against_the_budget() {
+        let cache = ResultCache::new(1 << 20, Duration::from_secs(60));
+        let long = "x".repeat(300_000);
+        assert!(
+            !cache.insert((long.clone(), 1), answer(10)),
+            "a key over a quarter of the budget"
+        );
+        for i in 0..10 {
+            cache.insert((format!("{i}{}", &long[..200_000]), 1), answer(10));
+        }
+        assert!(cache.used_bytes() <= 1 << 20, "{}", cache.used_bytes());
+        assert!(cache.len() <= 5);
     }
 }
