@@ -24,11 +24,14 @@ use sluice_telemetry::names;
 #[derive(Debug)]
 pub struct Instrumented {
     inner: Arc<dyn ObjectStore>,
+    /// The `data` label: `master` for the storage Sluice itself writes (segments, dead letters,
+    /// the lease, probes), `replica` for the query handler's reads of the Parquet files.
+    data: &'static str,
 }
 
 impl Instrumented {
-    pub fn new(inner: Arc<dyn ObjectStore>) -> Self {
-        Instrumented { inner }
+    pub fn new(inner: Arc<dyn ObjectStore>, data: &'static str) -> Self {
+        Instrumented { inner, data }
     }
 }
 
@@ -49,21 +52,27 @@ fn outcome<T>(result: &Result<T>) -> &'static str {
     }
 }
 
-fn record(op: &'static str, started: Instant, outcome: &'static str) {
-    metrics::counter!(names::STORE_REQUESTS, "op" => op, "outcome" => outcome).increment(1);
-    metrics::histogram!(names::STORE_REQUEST_SECONDS, "op" => op)
+fn record(data: &'static str, op: &'static str, started: Instant, outcome: &'static str) {
+    metrics::counter!(names::STORE_REQUESTS, "data" => data, "op" => op, "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(names::STORE_REQUEST_SECONDS, "data" => data, "op" => op)
         .record(started.elapsed().as_secs_f64());
 }
 
-async fn timed<T>(op: &'static str, call: impl Future<Output = Result<T>>) -> Result<T> {
+async fn timed<T>(
+    data: &'static str,
+    op: &'static str,
+    call: impl Future<Output = Result<T>>,
+) -> Result<T> {
     let started = Instant::now();
     let result = call.await;
-    record(op, started, outcome(&result));
+    record(data, op, started, outcome(&result));
     result
 }
 
 /// Records a streamed request once its stream ends or is dropped: an error if any item was one.
 struct StreamRecord {
+    data: &'static str,
     op: &'static str,
     started: Instant,
     failed: bool,
@@ -78,6 +87,7 @@ impl StreamRecord {
 impl Drop for StreamRecord {
     fn drop(&mut self) {
         record(
+            self.data,
             self.op,
             self.started,
             if self.failed { "error" } else { "ok" },
@@ -86,10 +96,12 @@ impl Drop for StreamRecord {
 }
 
 fn timed_stream<T: Send + 'static>(
+    data: &'static str,
     op: &'static str,
     stream: BoxStream<'static, Result<T>>,
 ) -> BoxStream<'static, Result<T>> {
     let mut record = StreamRecord {
+        data,
         op,
         started: Instant::now(),
         failed: false,
@@ -112,7 +124,12 @@ impl ObjectStore for Instrumented {
         payload: PutPayload,
         opts: PutOptions,
     ) -> Result<PutResult> {
-        timed("put", self.inner.put_opts(location, payload, opts)).await
+        timed(
+            self.data,
+            "put",
+            self.inner.put_opts(location, payload, opts),
+        )
+        .await
     }
 
     async fn put_multipart_opts(
@@ -121,6 +138,7 @@ impl ObjectStore for Instrumented {
         opts: PutMultipartOptions,
     ) -> Result<Box<dyn MultipartUpload>> {
         timed(
+            self.data,
             "put_multipart",
             self.inner.put_multipart_opts(location, opts),
         )
@@ -128,22 +146,27 @@ impl ObjectStore for Instrumented {
     }
 
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
-        timed("get", self.inner.get_opts(location, options)).await
+        timed(self.data, "get", self.inner.get_opts(location, options)).await
     }
 
     async fn get_ranges(&self, location: &Path, ranges: &[Range<u64>]) -> Result<Vec<Bytes>> {
-        timed("get_ranges", self.inner.get_ranges(location, ranges)).await
+        timed(
+            self.data,
+            "get_ranges",
+            self.inner.get_ranges(location, ranges),
+        )
+        .await
     }
 
     fn delete_stream(
         &self,
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
-        timed_stream("delete", self.inner.delete_stream(locations))
+        timed_stream(self.data, "delete", self.inner.delete_stream(locations))
     }
 
     fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, Result<ObjectMeta>> {
-        timed_stream("list", self.inner.list(prefix))
+        timed_stream(self.data, "list", self.inner.list(prefix))
     }
 
     fn list_with_offset(
@@ -151,18 +174,27 @@ impl ObjectStore for Instrumented {
         prefix: Option<&Path>,
         offset: &Path,
     ) -> BoxStream<'static, Result<ObjectMeta>> {
-        timed_stream("list", self.inner.list_with_offset(prefix, offset))
+        timed_stream(
+            self.data,
+            "list",
+            self.inner.list_with_offset(prefix, offset),
+        )
     }
 
     async fn list_with_delimiter(&self, prefix: Option<&Path>) -> Result<ListResult> {
-        timed("list", self.inner.list_with_delimiter(prefix)).await
+        timed(self.data, "list", self.inner.list_with_delimiter(prefix)).await
     }
 
     async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> Result<()> {
-        timed("copy", self.inner.copy_opts(from, to, options)).await
+        timed(self.data, "copy", self.inner.copy_opts(from, to, options)).await
     }
 
     async fn rename_opts(&self, from: &Path, to: &Path, options: RenameOptions) -> Result<()> {
-        timed("rename", self.inner.rename_opts(from, to, options)).await
+        timed(
+            self.data,
+            "rename",
+            self.inner.rename_opts(from, to, options),
+        )
+        .await
     }
 }

@@ -164,7 +164,7 @@ impl Storage {
         };
         Ok(Storage {
             url: url.clone(),
-            store: Arc::new(Instrumented::new(store)),
+            store: Arc::new(Instrumented::new(store, "master")),
         })
     }
 

@@ -146,6 +146,7 @@ impl ReplicaTable {
         // The Parquet reads of every query show in the object store's request metrics.
         let store: Arc<dyn ObjectStore> = Arc::new(sluice_core::instrumented::Instrumented::new(
             log_store.object_store(None),
+            "replica",
         ));
         let mut files = Vec::new();
         for file in state.log_data().iter() {

@@ -108,7 +108,7 @@ const COUNTERS: &[Series] = &[
     (
         STORE_REQUESTS,
         Count,
-        "Object store requests of the master store, by operation and outcome",
+        "Object store requests, by data (master: segments, dead letters, lease; replica: the query handler's Parquet reads), operation and outcome",
     ),
     (REPLICATED_ROWS, Count, "Rows committed to the replica"),
     (
@@ -219,7 +219,7 @@ const HISTOGRAMS: &[Series] = &[
     (
         STORE_REQUEST_SECONDS,
         Seconds,
-        "Object store request durations of the master store, by operation",
+        "Object store request durations, by data (master, replica) and operation",
     ),
     (
         REPLICA_COMMIT_SECONDS,

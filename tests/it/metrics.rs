@@ -267,7 +267,7 @@ async fn every_service_shows_its_metrics_and_the_counters_move_as_the_load_says(
     assert!(
         value(
             "sluice_object_store_requests_total",
-            &[("op", "get_ranges"), ("outcome", "ok")]
+            &[("data", "replica"), ("outcome", "ok")]
         ) >= 1.0,
         "{read}"
     );
