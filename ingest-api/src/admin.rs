@@ -31,6 +31,18 @@ pub struct ListParams {
     limit: Option<u32>,
 }
 
+/// A dead letter's id in a path, as the OpenAPI document names its parts (the handlers take
+/// them as one tuple).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct LetterPath {
+    /// refused, quarantined or replayed
+    kind: String,
+    producer: String,
+    sequence: String,
+}
+
 /// `GET /v1/admin/dead-letters[?limit=N]`: the letters waiting for an operator, oldest first,
 /// without their notifications.
 #[utoipa::path(get, path = "/v1/admin/dead-letters", tag = "admin", params(ListParams),
@@ -67,11 +79,7 @@ pub(crate) async fn list(
 
 /// `GET /v1/admin/dead-letters/{kind}/{producer}/{sequence}`: one letter with its notifications.
 #[utoipa::path(get, path = "/v1/admin/dead-letters/{kind}/{producer}/{sequence}", tag = "admin",
-    params(
-        ("kind" = String, Path, description = "refused, quarantined or replayed"),
-        ("producer" = String, Path),
-        ("sequence" = String, Path),
-    ),
+    params(LetterPath),
     responses(
         (status = 200, description = "The letter with its notifications", body = Object),
         (status = 400, description = "Not a dead letter's id", body = ErrorBody),
@@ -91,11 +99,7 @@ pub(crate) async fn get(
 
 /// `POST /v1/admin/dead-letters/refused/{producer}/{sequence}/replay`
 #[utoipa::path(post, path = "/v1/admin/dead-letters/{kind}/{producer}/{sequence}/replay", tag = "admin",
-    params(
-        ("kind" = String, Path, description = "refused, quarantined or replayed"),
-        ("producer" = String, Path),
-        ("sequence" = String, Path),
-    ),
+    params(LetterPath),
     responses(
         (status = 200, description = "Replayed: its notifications are durable again", body = Object),
         (status = 400, description = "Not a refused batch's letter", body = ErrorBody),

@@ -15,6 +15,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use crate::analyst::query;
 use crate::support::{
     All, CLUSTER_SECRET, client, free_addr, get_json, local_env, notification, start_all,
 };
@@ -144,15 +145,8 @@ async fn services_speak_mutual_tls_and_turn_away_every_other_caller() {
     // The query handler sees the new version within its refresh.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let counted: serde_json::Value = client()
-            .post(format!("http://{api}/v1/query"))
-            .json(&serde_json::json!({"sql": "SELECT count(*) AS n FROM notifications"}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let sql = serde_json::json!({"sql": "SELECT count(*) AS n FROM notifications"});
+        let (_, counted) = query(&client(), api, sql).await;
         if counted["rows"][0][0] == 50 {
             break;
         }
