@@ -24,13 +24,7 @@ impl Framing {
         let Some(content_type) = content_type else {
             return Ok(Framing::Json);
         };
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        match mime.as_str() {
+        match mime(content_type).as_str() {
             "application/json" | "" => Ok(Framing::Json),
             "application/x-ndjson"
             | "application/ndjson"
@@ -38,10 +32,22 @@ impl Framing {
             | "application/x-jsonlines" => Ok(Framing::Ndjson),
             _ => Err(ApiError::UnsupportedMediaType(format!(
                 "content type {content_type:?} is not accepted: send application/json (an object \
-                 or an array of objects) or application/x-ndjson (one object per line)"
+                 or an array of objects), application/x-ndjson (one object per line), or \
+                 CloudEvents (application/cloudevents+json, application/cloudevents-batch+json, \
+                 or ce-* headers with an application/json body)"
             ))),
         }
     }
+}
+
+/// A content type's media type, lower case and without its parameters (`; charset=…`).
+pub(crate) fn mime(content_type: &str) -> String {
+    content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
 }
 
 /// One item of the body: its position and either the notification or why it was refused.

@@ -3,6 +3,8 @@
 //! - [`routes`]: `POST /v1/notifications` parses a body ([`body`]), admits each notification
 //!   into [`memory::SharedMemory`] as gray, hands the new ones to the batcher, and — for the
 //!   default `ack=durable` — waits until they are blue before it answers.
+//!   CloudEvents (structured, batched and binary mode) arrive on the same route and are mapped
+//!   onto notifications by [`cloudevents`] before the same checks.
 //! - [`batcher`]: group commit. It drains gray notifications into batches and appends each
 //!   batch to a publisher over gRPC; when the publisher confirms, the batch turns blue and the
 //!   waiting requests are answered.
@@ -24,6 +26,7 @@
 pub mod admin;
 pub mod batcher;
 pub mod body;
+pub mod cloudevents;
 pub mod error;
 pub mod green;
 pub mod health;

@@ -61,6 +61,95 @@ pub(crate) enum NotificationsBody {
     Many(Vec<NotificationIn>),
 }
 
+/// The fields of a notification that a CloudEvent carries as its `data`: the envelope gives
+/// `platform` (`source`), `id`, `type` and `occurred_at` (`time`), so `data` may not repeat them.
+#[derive(Deserialize, ToSchema)]
+#[schema(title = "CloudEventData")]
+#[allow(dead_code)]
+pub(crate) struct CloudEventData {
+    /// Only when the event has no `subject` (or the same value).
+    #[schema(max_length = 256)]
+    post_id: Option<String>,
+    #[schema(max_length = 256)]
+    author_id: Option<String>,
+    #[schema(max_length = 256)]
+    actor_id: Option<String>,
+    #[schema(max_length = 32768)]
+    text: Option<String>,
+    #[schema(min_length = 1, max_length = 35, pattern = r"^[A-Za-z0-9_-]+$")]
+    lang: Option<String>,
+    #[schema(max_items = 64)]
+    tags: Option<Vec<String>>,
+    #[schema(value_type = Option<Object>)]
+    metrics: Option<serde_json::Value>,
+    /// The event's extensions (and `dataschema`) are added under `attributes.cloudevents`.
+    #[schema(value_type = Option<Object>)]
+    attributes: Option<serde_json::Value>,
+}
+
+/// One CloudEvent 1.0 in structured mode (`application/cloudevents+json`). Any other member
+/// is an extension (a-z and 0-9, a string, number or boolean), kept in the notification's
+/// `attributes.cloudevents`.
+#[derive(Deserialize, ToSchema)]
+#[schema(title = "CloudEvent")]
+#[allow(dead_code)]
+pub(crate) struct CloudEventIn {
+    #[schema(pattern = r"^1\.0$")]
+    specversion: String,
+    /// The notification's id; a second event with the same `source` and `id` is a duplicate.
+    #[schema(min_length = 1, max_length = 256)]
+    id: String,
+    /// The notification's platform, so a platform name: 1 to 64 of A-Z, a-z, 0-9, '.', '_',
+    /// '-', not starting with '.'.
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$"
+    )]
+    source: String,
+    #[serde(rename = "type")]
+    #[schema(min_length = 1, max_length = 64, pattern = r"^[A-Za-z0-9._:/-]+$")]
+    kind: String,
+    /// The notification's `occurred_at`: required here.
+    #[schema(format = DateTime, max_length = 64)]
+    time: String,
+    /// The notification's `post_id`.
+    #[schema(max_length = 256)]
+    subject: Option<String>,
+    /// A JSON type (`application/json`) or absent.
+    datacontenttype: Option<String>,
+    /// Kept in `attributes.cloudevents.dataschema`.
+    dataschema: Option<String>,
+    data: Option<CloudEventData>,
+}
+
+/// Binary mode: the event's attributes as `ce-*` headers (percent-encoded where they hold more
+/// than printable ASCII) and its `data` as an `application/json` body ([`CloudEventData`]).
+/// Any other `ce-*` header is an extension, kept in `attributes.cloudevents`.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct CloudEventHeaders {
+    /// `1.0`; its presence makes an `application/json` request a binary-mode CloudEvent.
+    #[serde(rename = "ce-specversion")]
+    ce_specversion: Option<String>,
+    /// The notification's id.
+    #[serde(rename = "ce-id")]
+    ce_id: Option<String>,
+    /// The notification's platform.
+    #[serde(rename = "ce-source")]
+    ce_source: Option<String>,
+    /// The notification's type.
+    #[serde(rename = "ce-type")]
+    ce_type: Option<String>,
+    /// The notification's occurred_at (RFC 3339).
+    #[serde(rename = "ce-time")]
+    ce_time: Option<String>,
+    /// The notification's post_id.
+    #[serde(rename = "ce-subject")]
+    ce_subject: Option<String>,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -20,9 +20,12 @@ use sluice_telemetry::names;
 
 use crate::AppState;
 use crate::body::{self, Framing};
+use crate::cloudevents;
 use crate::error::ApiError;
 use crate::memory::{AckWaiter, Admitted, Held};
-use crate::openapi::{ErrorBody, KeyRefusals, NotificationIn, NotificationsBody};
+use crate::openapi::{
+    CloudEventHeaders, CloudEventIn, ErrorBody, KeyRefusals, NotificationIn, NotificationsBody,
+};
 
 /// How long a write waits before it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -136,18 +139,29 @@ impl BodyHold {
     }
 }
 
+/// How a POST's body is read.
+enum Format {
+    Native(Framing),
+    CloudEvents(cloudevents::Mode),
+}
+
 /// `POST /v1/notifications[?ack=staged|durable|replicated]`
-#[utoipa::path(post, path = "/v1/notifications", tag = "write", params(IngestParams),
+#[utoipa::path(post, path = "/v1/notifications", tag = "write",
+    params(IngestParams, CloudEventHeaders),
     request_body(content(
         (NotificationsBody = "application/json"),
         (NotificationIn = "application/x-ndjson"),
-    ), description = "One notification, an array of them, or NDJSON lines"),
+        (CloudEventIn = "application/cloudevents+json"),
+        (Vec<CloudEventIn> = "application/cloudevents-batch+json"),
+    ), description = "One notification, an array of them, or NDJSON lines; or CloudEvents 1.0: \
+        one structured event, a batch of them, or a binary-mode event (`ce-*` headers, its \
+        `data` as the application/json body)"),
     responses(
         (status = 200, description = "Every accepted notification is as safe as `ack` asks", body = IngestResponse),
         (status = 202, description = "Accepted into shared memory (`ack=staged`)", body = IngestResponse),
         (status = 400, description = "Nothing in the body could be accepted; each item's reason is listed", body = IngestResponse),
         (status = 413, description = "The body is larger, or holds more notifications, than accepted", body = ErrorBody),
-        (status = 415, description = "Not JSON or NDJSON", body = ErrorBody),
+        (status = 415, description = "Not JSON, NDJSON or CloudEvents JSON", body = ErrorBody),
         (status = 503, description = "Shared memory is full or the store does not answer in time; retry after Retry-After", body = ErrorBody),
         KeyRefusals
     ))]
@@ -161,15 +175,28 @@ pub(crate) async fn post_notifications(
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let Query(params) = params.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let ack = params.ack()?;
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| v.to_str().unwrap_or("(not text)"));
-    let framing = Framing::from_content_type(content_type)?;
+    // CloudEvents share the route: a CloudEvents sender is given one URL, and its mode is told
+    // by the content type or the `ce-specversion` header, which no native request sends.
+    let format = match cloudevents::Mode::from_headers(&headers)? {
+        Some(mode) => Format::CloudEvents(mode),
+        None => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.to_str().unwrap_or("(not text)"));
+            Format::Native(Framing::from_content_type(content_type)?)
+        }
+    };
     let body = body?;
     let started = std::time::Instant::now();
     metrics::histogram!(names::INGEST_REQUEST_BYTES).record(body.len() as f64);
     let received_at = now_micros();
-    let items = body::parse(&body, framing, received_at, state.config.max_items);
+    let max_items = state.config.max_items;
+    let items = match format {
+        Format::Native(framing) => body::parse(&body, framing, received_at, max_items),
+        Format::CloudEvents(mode) => {
+            cloudevents::parse(mode, &headers, &body, received_at, max_items)
+        }
+    };
     if let Some(Extension(hold)) = hold {
         hold.release();
     }

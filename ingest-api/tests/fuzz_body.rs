@@ -1,5 +1,6 @@
 //! The body decoder and the validator under generated input (proptest): arbitrary bytes and
-//! mutations of valid bodies, in both framings.
+//! mutations of valid bodies, in both framings, and the same for CloudEvents (structured,
+//! batched and binary mode).
 //!
 //! What must hold for every input:
 //! - no panic, and a refusal of the whole body is a 4xx that says why (never a 5xx);
@@ -13,7 +14,8 @@
 
 use proptest::prelude::*;
 use sluice_core::Notification;
-use sluice_ingest_api::body::{Framing, parse};
+use sluice_ingest_api::body::{Framing, Item, parse};
+use sluice_ingest_api::cloudevents;
 use sluice_proto::v1;
 
 const MAX_ITEMS: usize = 50;
@@ -27,7 +29,27 @@ fn cases() -> u32 {
 
 /// Checks every property on one body.
 fn check(body: &[u8], framing: Framing) {
-    match parse(body, framing, 1_764_000_000_000_000, MAX_ITEMS) {
+    check_parsed(parse(body, framing, 1_764_000_000_000_000, MAX_ITEMS), body);
+}
+
+/// Checks every property on one CloudEvents body (in binary mode, with a valid set of headers).
+fn check_cloudevents(body: &[u8], mode: cloudevents::Mode) {
+    let mut headers = axum::http::HeaderMap::new();
+    for (name, value) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "x"),
+        ("ce-source", "p"),
+        ("ce-type", "t"),
+        ("ce-time", "2026-01-01T00:00:00Z"),
+    ] {
+        headers.insert(name, value.parse().unwrap());
+    }
+    let parsed = cloudevents::parse(mode, &headers, body, 1_764_000_000_000_000, MAX_ITEMS);
+    check_parsed(parsed, body);
+}
+
+fn check_parsed(parsed: Result<Vec<Item>, sluice_ingest_api::error::ApiError>, body: &[u8]) {
+    match parsed {
         Err(error) => {
             let status = error.status();
             assert!(status.is_client_error(), "{status} for {body:?}: {error}");
@@ -90,6 +112,40 @@ fn valid_object() -> impl Strategy<Value = serde_json::Value> {
         )
 }
 
+/// A valid notification as the CloudEvent that stands for it.
+fn as_event(object: &serde_json::Value) -> serde_json::Value {
+    let mut data = object.as_object().unwrap().clone();
+    let mut event = serde_json::json!({"specversion": "1.0"});
+    for (field, attribute) in [
+        ("platform", "source"),
+        ("id", "id"),
+        ("type", "type"),
+        ("occurred_at", "time"),
+    ] {
+        event[attribute] = data.remove(field).unwrap();
+    }
+    event["data"] = serde_json::Value::Object(data);
+    event
+}
+
+/// Random byte edits of a body.
+fn mutate(mut body: Vec<u8>, edits: Vec<(prop::sample::Index, u8, u8)>) -> Vec<u8> {
+    for (at, byte, kind) in edits {
+        if body.is_empty() {
+            break;
+        }
+        let at = at.index(body.len());
+        match kind {
+            0 => body[at] = byte,
+            1 => body.insert(at, byte),
+            _ => {
+                body.remove(at);
+            }
+        }
+    }
+    body
+}
+
 /// A body: some valid objects in either framing, then a few random byte edits.
 fn mutated_body() -> impl Strategy<Value = (Vec<u8>, Framing)> {
     (
@@ -98,7 +154,7 @@ fn mutated_body() -> impl Strategy<Value = (Vec<u8>, Framing)> {
         proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..6),
     )
         .prop_map(|(objects, ndjson, edits)| {
-            let (mut body, framing) = if ndjson {
+            let (body, framing) = if ndjson {
                 let lines: Vec<String> = objects.iter().map(|o| o.to_string()).collect();
                 (lines.join("\n").into_bytes(), Framing::Ndjson)
             } else {
@@ -107,20 +163,7 @@ fn mutated_body() -> impl Strategy<Value = (Vec<u8>, Framing)> {
                     Framing::Json,
                 )
             };
-            for (at, byte, kind) in edits {
-                if body.is_empty() {
-                    break;
-                }
-                let at = at.index(body.len());
-                match kind {
-                    0 => body[at] = byte,
-                    1 => body.insert(at, byte),
-                    _ => {
-                        body.remove(at);
-                    }
-                }
-            }
-            (body, framing)
+            (mutate(body, edits), framing)
         })
 }
 
@@ -150,6 +193,47 @@ proptest! {
         for item in items {
             let notification = item.parsed.map_err(TestCaseError::fail)?;
             accepted_everywhere(&notification);
+        }
+    }
+
+    #[test]
+    fn cloudevents_bodies_get_a_clear_answer(
+        body in proptest::collection::vec(any::<u8>(), 0..512),
+        mode in prop::sample::select(vec![
+            cloudevents::Mode::Structured,
+            cloudevents::Mode::Batched,
+            cloudevents::Mode::Binary,
+        ]),
+    ) {
+        check_cloudevents(&body, mode);
+    }
+
+    #[test]
+    fn mutated_cloudevents_get_a_clear_answer(
+        objects in proptest::collection::vec(valid_object(), 1..6),
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..6),
+    ) {
+        let events: Vec<serde_json::Value> = objects.iter().map(as_event).collect();
+        let batch = serde_json::Value::Array(events.clone()).to_string().into_bytes();
+        check_cloudevents(&mutate(batch, edits.clone()), cloudevents::Mode::Batched);
+        let one = events[0].to_string().into_bytes();
+        check_cloudevents(&mutate(one, edits), cloudevents::Mode::Structured);
+    }
+
+    #[test]
+    fn a_valid_notification_as_a_cloudevent_is_the_same_notification(
+        objects in proptest::collection::vec(valid_object(), 1..6),
+    ) {
+        let events: Vec<serde_json::Value> = objects.iter().map(as_event).collect();
+        let batch = serde_json::Value::Array(events).to_string();
+        let headers = axum::http::HeaderMap::new();
+        let items =
+            cloudevents::parse(cloudevents::Mode::Batched, &headers, batch.as_bytes(), 0, MAX_ITEMS)
+                .unwrap();
+        prop_assert_eq!(items.len(), objects.len());
+        for (item, object) in items.into_iter().zip(&objects) {
+            let native = Notification::from_json(&object.to_string(), 0).unwrap();
+            prop_assert_eq!(item.parsed.map_err(TestCaseError::fail)?, native);
         }
     }
 }
