@@ -3,6 +3,7 @@
 
 mod analyst;
 mod auth;
+mod cloudevents;
 mod committer_failover;
 mod compose;
 mod dead_letters;
