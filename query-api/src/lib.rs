@@ -6,12 +6,17 @@
 //!   and audit trail ([`posts`]) from the ingest nodes' shared memory and the replica.
 //! - [`error`]: the one mapping from errors (and gRPC codes) to HTTP answers.
 //! - [`openapi`]: the OpenAPI document of these routes, at `GET /openapi.json`.
+//! - [`board`]: `GET /v1/board`, the pipeline's state gathered from every ingest node and query
+//!   handler, which the [`console`] (a web page at `/console/`, built into the binary) draws as
+//!   a live board beside its SQL console.
 //!
 //! Every endpoint but the probe needs an API key with the `read` scope ([`sluice_auth`])
 //! unless auth is off; the key is passed on to the ingest nodes a post's trail asks.
 //!
 //! The service keeps no state: run as many as you like behind a load balancer.
 
+pub mod board;
+pub mod console;
 pub mod error;
 pub mod openapi;
 pub mod posts;
@@ -85,6 +90,7 @@ pub fn router(state: AppState, config: &Config) -> Router {
     let in_flight = Arc::new(Semaphore::new(config.max_in_flight as usize));
     Router::new()
         .route("/v1/query", post(routes::post_query))
+        .route("/v1/board", get(board::get_board))
         .route("/v1/queries/{id}", get(routes::get_query))
         .route("/v1/posts/{platform}/{post_id}", get(routes::get_post))
         .route(
@@ -95,6 +101,10 @@ pub fn router(state: AppState, config: &Config) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/", get(console::root))
+        .route("/console", get(console::console_bare))
+        .route("/console/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .merge(sluice_telemetry::router())
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(config.query_max_body_bytes))
@@ -159,6 +169,14 @@ impl Handlers {
             .iter()
             .map(|(_, client)| client.clone())
             .collect()
+    }
+
+    /// The clients with their addresses, one per handler known now.
+    pub fn named(&self) -> Vec<(String, QueryHandlerClient<Channel>)> {
+        self.clients
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Vec<(String, QueryHandlerClient<Channel>)>> {

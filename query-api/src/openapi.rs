@@ -15,6 +15,7 @@ use utoipa::OpenApi;
     paths(
         crate::routes::post_query,
         crate::routes::get_query,
+        crate::board::get_board,
         crate::routes::get_post,
         crate::routes::get_post_events,
         crate::routes::healthz,

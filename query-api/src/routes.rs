@@ -420,7 +420,7 @@ pub(crate) async fn healthz() -> &'static str {
 
 pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound(
-        "no such endpoint; see POST /v1/query, GET /v1/queries/{id}, GET /v1/posts/{platform}/{post_id}[/events]"
+        "no such endpoint; see POST /v1/query, GET /v1/queries/{id}, GET /v1/posts/{platform}/{post_id}[/events], GET /v1/board, and the console at /console/"
             .into(),
     )
 }

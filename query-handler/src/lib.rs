@@ -33,6 +33,7 @@ pub mod snapshot;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -40,8 +41,8 @@ use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskM
 use sluice_core::storage::{Storage, StorageUrl};
 use sluice_proto::v1::query_handler_server::{QueryHandler, QueryHandlerServer};
 use sluice_proto::v1::{
-    ExecuteRequest, GetNotificationRequest, GetQueryRequest, NotificationLookup, Notifications,
-    PostEventsRequest, QueryReply,
+    ExecuteRequest, GetNotificationRequest, GetQueryRequest, HandlerStats, HandlerStatsRequest,
+    NotificationLookup, Notifications, PostEventsRequest, QueryReply,
 };
 use sluice_telemetry::names;
 use tokio::net::TcpListener;
@@ -285,6 +286,17 @@ struct Inner {
     limits: Limits,
     timeout: Duration,
     runtime: QueryRuntime,
+    /// This handler's own counts for `Stats` (the gauges are the process's, shared by every
+    /// handler in `sluice all`).
+    counts: QueryCounts,
+}
+
+#[derive(Default)]
+struct QueryCounts {
+    waiting: AtomicU64,
+    running: AtomicU64,
+    answered: AtomicU64,
+    failed: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -306,6 +318,7 @@ impl QueryHandlerService {
                 limits: config.limits()?,
                 timeout: Duration::from_millis(config.query_timeout_ms),
                 runtime: QueryRuntime::new(config.threads())?,
+                counts: QueryCounts::default(),
             }),
         };
         let inner = Arc::downgrade(&service.inner);
@@ -342,13 +355,13 @@ impl QueryHandlerService {
         let inner = &self.inner;
         let key: CacheKey = (parsed.normalized, snapshot.version);
         let outcome = async {
-            let waiting = Counted::new(names::QUERIES_WAITING);
+            let waiting = Counted::new(names::QUERIES_WAITING, &inner.counts.waiting);
             let _slot = tokio::time::timeout_at(deadline, inner.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| QueryError::Timeout(inner.timeout.as_millis() as u64))?
                 .map_err(|_| QueryError::Unavailable("the query handler is stopping".into()))?;
             drop(waiting);
-            let _running = Counted::new(names::QUERIES_RUNNING);
+            let _running = Counted::new(names::QUERIES_RUNNING, &inner.counts.running);
             let limits = engine::Limits {
                 deadline: Some(deadline),
                 ..inner.limits.clone()
@@ -375,6 +388,12 @@ impl QueryHandlerService {
         };
         metrics::histogram!(names::QUERY_SECONDS, "outcome" => ended)
             .record(started.elapsed().as_secs_f64());
+        let ended = if outcome.is_ok() {
+            &inner.counts.answered
+        } else {
+            &inner.counts.failed
+        };
+        ended.fetch_add(1, AtomicOrdering::Relaxed);
         match outcome {
             Ok(answer) => {
                 let kept = answer.cacheable && inner.cache.insert(key.clone(), answer.clone());
@@ -451,20 +470,22 @@ fn reply(
     }
 }
 
-/// One more in a gauge while it lives: a query waiting for a slot, or running. Dropped on
-/// every path out, a cancelled query's included.
-struct Counted(&'static str);
+/// One more in a gauge and in this handler's count while it lives: a query waiting for a
+/// slot, or running. Dropped on every path out, a cancelled query's included.
+struct Counted<'a>(&'static str, &'a AtomicU64);
 
-impl Counted {
-    fn new(gauge: &'static str) -> Self {
+impl<'a> Counted<'a> {
+    fn new(gauge: &'static str, count: &'a AtomicU64) -> Self {
         metrics::gauge!(gauge).increment(1.0);
-        Counted(gauge)
+        count.fetch_add(1, AtomicOrdering::Relaxed);
+        Counted(gauge, count)
     }
 }
 
-impl Drop for Counted {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
         metrics::gauge!(self.0).decrement(1.0);
+        self.1.fetch_sub(1, AtomicOrdering::Relaxed);
     }
 }
 
@@ -484,6 +505,10 @@ impl QueryHandler for QueryHandlerService {
         metrics::counter!(names::QUERY_CACHE, "result" => if cached.is_some() { "hit" } else { "miss" })
             .increment(1);
         if let Some(answer) = cached {
+            self.inner
+                .counts
+                .answered
+                .fetch_add(1, AtomicOrdering::Relaxed);
             let id = self.inner.log.start(&key.0);
             let elapsed = started.elapsed();
             self.inner.log.set(
@@ -619,6 +644,23 @@ impl QueryHandler for QueryHandlerService {
         Ok(Response::new(NotificationLookup {
             notification,
             replica_version: version,
+        }))
+    }
+
+    async fn stats(
+        &self,
+        _request: Request<HandlerStatsRequest>,
+    ) -> Result<Response<HandlerStats>, Status> {
+        let inner = &self.inner;
+        let count = |c: &AtomicU64| c.load(AtomicOrdering::Relaxed);
+        Ok(Response::new(HandlerStats {
+            queries_waiting: count(&inner.counts.waiting),
+            queries_running: count(&inner.counts.running),
+            cached_answers: inner.cache.len() as u64,
+            cache_bytes: inner.cache.used_bytes() as u64,
+            replica_version: inner.replica.current().map(|s| s.version),
+            queries_answered: count(&inner.counts.answered),
+            queries_failed: count(&inner.counts.failed),
         }))
     }
 }

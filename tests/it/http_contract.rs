@@ -103,6 +103,7 @@ async fn both_rest_services_keep_to_their_openapi_documents_without_a_server_err
             "/healthz",
             "/openapi.json",
             "/readyz",
+            "/v1/board",
             "/v1/posts/{platform}/{post_id}",
             "/v1/posts/{platform}/{post_id}/events",
             "/v1/queries/{id}",

@@ -6,6 +6,7 @@ mod auth;
 mod cloudevents;
 mod committer_failover;
 mod compose;
+mod console;
 mod dead_letters;
 mod differential;
 mod faults;
