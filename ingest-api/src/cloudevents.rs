@@ -886,7 +886,8 @@ mod tests {
     #[test]
     fn the_mode_comes_from_the_content_type_or_ce_specversion() {
         let mode = |pairs: &[(&str, &str)]| Mode::from_headers(&headers(pairs));
-        let cases: [(&[(&str, &str)], Option<Mode>); 7] = [
+        type Pairs = &'static [(&'static str, &'static str)];
+        let cases: [(Pairs, Option<Mode>); 7] = [
             (&[("content-type", "application/json")], None),
             (&[("content-type", "application/x-ndjson")], None),
             (&[], None),

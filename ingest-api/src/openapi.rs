@@ -186,3 +186,54 @@ pub fn document() -> utoipa::openapi::OpenApi {
 pub(crate) async fn openapi_json() -> axum::Json<utoipa::openapi::OpenApi> {
     axum::Json(ApiDoc::openapi())
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_document_describes_each_cloudevents_mode() {
+        let document = serde_json::to_value(super::document()).unwrap();
+        let post = &document["paths"]["/v1/notifications"]["post"];
+        let content = &post["requestBody"]["content"];
+        for content_type in [
+            "application/json",
+            "application/x-ndjson",
+            "application/cloudevents+json",
+            "application/cloudevents-batch+json",
+        ] {
+            assert!(
+                content.get(content_type).is_some(),
+                "{content_type}: {content}"
+            );
+        }
+        assert_eq!(
+            content["application/cloudevents-batch+json"]["schema"]["type"], "array",
+            "{content}"
+        );
+        let headers: Vec<&str> = post["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["in"] == "header")
+            .map(|p| p["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            headers,
+            [
+                "ce-specversion",
+                "ce-id",
+                "ce-source",
+                "ce-type",
+                "ce-time",
+                "ce-subject"
+            ]
+        );
+        let event = &document["components"]["schemas"]["CloudEventIn"];
+        let required: Vec<&str> = event["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap())
+            .collect();
+        assert_eq!(required, ["specversion", "id", "source", "type", "time"]);
+    }
+}
