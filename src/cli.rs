@@ -69,8 +69,10 @@ pub enum Command {
         query_handler: sluice_query_handler::Config,
         #[command(flatten)]
         metrics: MetricsAddr,
+        /// The analysts' API keys open Flight SQL on this port (read scope); without keys it
+        /// is not served.
         #[command(flatten)]
-        cluster: sluice_auth::ClusterArgs,
+        auth: sluice_auth::AuthArgs,
     },
     /// The REST query API: SQL, query states, posts' state and audit trail.
     #[command(name = "query-api")]

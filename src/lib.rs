@@ -96,15 +96,23 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             replica_path,
             query_handler,
             metrics,
-            cluster,
+            auth,
         } => {
-            secure_grpc(&cluster, false)?;
+            let keys = flight_keys(&auth)?;
+            secure_grpc(&auth.cluster, false)?;
             query_handler.check()?;
             let listener = bind(&query_handler_addr.query_handler_addr, "query handler").await?;
             serve_metrics(&metrics, "query-handler", &shutdown).await?;
             let storage = open_storage(&storage.storage, &shutdown).await?;
-            sluice_query_handler::serve(listener, &storage, &replica_path, query_handler, shutdown)
-                .await?;
+            sluice_query_handler::serve(
+                listener,
+                &storage,
+                &replica_path,
+                query_handler,
+                keys,
+                shutdown,
+            )
+            .await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::QueryApi {
@@ -237,12 +245,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let opened = open_storage(&storage.storage, &shutdown).await?;
             let handler_task = tokio::spawn({
                 let shutdown = shutdown.clone();
+                let keys = Some(keys.clone());
                 async move {
                     sluice_query_handler::serve(
                         handler_listener,
                         &opened,
                         &replica_path,
                         query_handler,
+                        keys,
                         shutdown,
                     )
                     .await
@@ -293,6 +303,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             code
         }
     }
+}
+
+/// The analysts' keys for a query handler's Flight SQL: with none given (and auth on), it is
+/// not served, so a handler started without them stays closed to everyone but its cluster.
+fn flight_keys(auth: &sluice_auth::AuthArgs) -> anyhow::Result<Option<Arc<Keys>>> {
+    if auth.keys_file.is_none()
+        && auth.keys.is_none()
+        && auth.cluster.mode != sluice_auth::AuthMode::Off
+    {
+        return Ok(None);
+    }
+    auth.load(false).map(Some)
 }
 
 /// Sets this process's cluster secret, which its gRPC services require and its clients send,

@@ -59,7 +59,7 @@ async fn harness(config: Config) -> Harness {
         let (storage, stop) = (storage.clone(), stop.clone());
         async move {
             let config = sluice_query_handler::Config::for_tests();
-            sluice_query_handler::serve(handler, &storage, "replica", config, stop).await
+            sluice_query_handler::serve(handler, &storage, "replica", config, None, stop).await
         }
     });
     let peers = Peers {

@@ -16,6 +16,8 @@
 //! - [`lookup`]: point reads of the replica for the other services (a post's notifications, a
 //!   red notification).
 //! - [`error`]: the one mapping from errors to gRPC codes.
+//! - [`flight`]: Arrow Flight SQL on the same port, for ADBC, JDBC and generic SQL clients,
+//!   over the same path as `Execute`, with the analysts' API keys.
 //!
 //! A semaphore bounds how many queries run at once (each already uses every core); a query
 //! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
@@ -23,6 +25,7 @@
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod flight;
 pub mod lookup;
 pub mod queries;
 pub mod replica;
@@ -37,6 +40,7 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskManagerMode};
 use sluice_core::storage::{Storage, StorageUrl};
 use sluice_proto::v1::query_handler_server::{QueryHandler, QueryHandlerServer};
@@ -299,6 +303,29 @@ struct QueryCounts {
     failed: AtomicU64,
 }
 
+/// A query's answer, as the handler gave it.
+pub(crate) struct Answered {
+    pub(crate) id: String,
+    /// The query's normalized SQL: with the replica version, its cache key.
+    pub(crate) sql: String,
+    pub(crate) answer: Arc<Answer>,
+    /// Whether the cache keeps it (orange).
+    pub(crate) kept: bool,
+    /// Whether it came from the cache.
+    pub(crate) cached: bool,
+    pub(crate) elapsed: Duration,
+}
+
+/// A query that [`QueryHandlerService::start`] answered from the cache, or started.
+enum Started {
+    Cached(Answered),
+    Running {
+        id: String,
+        sql: String,
+        run: std::pin::Pin<Box<dyn Future<Output = Result<Answered, Status>> + Send>>,
+    },
+}
+
 #[derive(Clone)]
 pub struct QueryHandlerService {
     inner: Arc<Inner>,
@@ -341,6 +368,81 @@ impl QueryHandlerService {
         })
     }
 
+    /// Parses `sql` and answers it from the orange cache, or starts it: the query is yellow
+    /// from here until the returned run ends (dropping the run cancels it). What both the gRPC
+    /// `Execute` and Flight SQL go through, so that they share the cache, limits and log.
+    fn start(&self, sql: &str) -> Result<Started, Status> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.inner.timeout;
+        let parsed = engine::parse(sql)?;
+        let snapshot = self.snapshot()?;
+        let key: CacheKey = (parsed.normalized.clone(), snapshot.version);
+        let cached = self.inner.cache.get(&key);
+        metrics::counter!(names::QUERY_CACHE, "result" => if cached.is_some() { "hit" } else { "miss" })
+            .increment(1);
+        let id = self.inner.log.start(&key.0);
+        if let Some(answer) = cached {
+            self.inner
+                .counts
+                .answered
+                .fetch_add(1, AtomicOrdering::Relaxed);
+            let elapsed = started.elapsed();
+            self.inner.log.set(
+                &id,
+                QueryState::Answered {
+                    key: key.clone(),
+                    rows: answer.rows,
+                    elapsed_micros: elapsed.as_micros() as u64,
+                    cached: true,
+                    kept: true,
+                },
+            );
+            return Ok(Started::Cached(Answered {
+                id,
+                sql: key.0,
+                answer,
+                kept: true,
+                cached: true,
+                elapsed,
+            }));
+        }
+        let run = self
+            .clone()
+            .run(id.clone(), parsed, snapshot, deadline, started);
+        Ok(Started::Running {
+            id,
+            sql: key.0,
+            run: Box::pin(run),
+        })
+    }
+
+    /// Answers `sql`: from the cache, or by running it in a slot within the timeout.
+    pub(crate) async fn answer(&self, sql: &str) -> Result<Answered, Status> {
+        match self.start(sql)? {
+            Started::Cached(answered) => Ok(answered),
+            Started::Running { run, .. } => run.await,
+        }
+    }
+
+    /// The catalog and schema that hold the table, as DataFusion names them.
+    pub(crate) fn catalog(&self) -> (String, String) {
+        let catalog = &self.inner.limits.session.options().catalog;
+        (
+            catalog.default_catalog.clone(),
+            catalog.default_schema.clone(),
+        )
+    }
+
+    /// The table's columns, as delta-rs reads them.
+    pub(crate) fn table_schema(&self) -> Result<arrow::datatypes::Schema, Status> {
+        Ok(self.snapshot()?.delta.schema().as_ref().clone())
+    }
+
+    /// The answer of an earlier query, if the cache still holds it.
+    pub(crate) fn cached(&self, key: &CacheKey) -> Option<Arc<Answer>> {
+        self.inner.cache.get(key)
+    }
+
     /// Runs a planned query in a slot, within the deadline, and records how it ended. Returns
     /// the answer and whether the cache kept it, or the status the client gets (built once, so
     /// an internal error is logged once).
@@ -351,7 +453,7 @@ impl QueryHandlerService {
         snapshot: Arc<Snapshot>,
         deadline: tokio::time::Instant,
         started: Instant,
-    ) -> Result<(Arc<Answer>, bool), Status> {
+    ) -> Result<Answered, Status> {
         let inner = &self.inner;
         let key: CacheKey = (parsed.normalized, snapshot.version);
         let outcome = async {
@@ -397,17 +499,25 @@ impl QueryHandlerService {
         match outcome {
             Ok(answer) => {
                 let kept = answer.cacheable && inner.cache.insert(key.clone(), answer.clone());
+                let elapsed = started.elapsed();
                 inner.log.set(
                     &id,
                     QueryState::Answered {
-                        key,
+                        key: key.clone(),
                         rows: answer.rows,
-                        elapsed_micros: started.elapsed().as_micros() as u64,
+                        elapsed_micros: elapsed.as_micros() as u64,
                         cached: false,
                         kept,
                     },
                 );
-                Ok((answer, kept))
+                Ok(Answered {
+                    id,
+                    sql: key.0,
+                    answer,
+                    kept,
+                    cached: false,
+                    elapsed,
+                })
             }
             Err(error) => {
                 let status = Status::from(error);
@@ -446,24 +556,18 @@ impl QueryHandlerService {
     }
 }
 
-/// The reply for an answer; `kept` says whether it is in the cache (orange) or not (done).
-fn reply(
-    id: String,
-    sql: String,
-    answer: &Answer,
-    kept: bool,
-    cached: bool,
-    elapsed: Duration,
-) -> QueryReply {
+/// The reply for an answer: orange when the cache keeps it, else done.
+fn reply(answered: &Answered) -> QueryReply {
+    let answer = &answered.answer;
     QueryReply {
-        query_id: id,
-        state: if kept { "orange" } else { "done" }.to_string(),
+        query_id: answered.id.clone(),
+        state: if answered.kept { "orange" } else { "done" }.to_string(),
         replica_version: answer.replica_version,
-        elapsed_micros: elapsed.as_micros() as u64,
-        cached,
+        elapsed_micros: answered.elapsed.as_micros() as u64,
+        cached: answered.cached,
         rows: answer.rows,
         arrow_ipc: answer.ipc.clone(),
-        sql,
+        sql: answered.sql.clone(),
         rules: answer.rules.clone(),
         fallback: answer.fallback.clone(),
         ..QueryReply::default()
@@ -495,60 +599,21 @@ impl QueryHandler for QueryHandlerService {
         &self,
         request: Request<ExecuteRequest>,
     ) -> Result<Response<QueryReply>, Status> {
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + self.inner.timeout;
         let request = request.into_inner();
-        let parsed = engine::parse(&request.sql)?;
-        let snapshot = self.snapshot()?;
-        let key: CacheKey = (parsed.normalized.clone(), snapshot.version);
-        let cached = self.inner.cache.get(&key);
-        metrics::counter!(names::QUERY_CACHE, "result" => if cached.is_some() { "hit" } else { "miss" })
-            .increment(1);
-        if let Some(answer) = cached {
-            self.inner
-                .counts
-                .answered
-                .fetch_add(1, AtomicOrdering::Relaxed);
-            let id = self.inner.log.start(&key.0);
-            let elapsed = started.elapsed();
-            self.inner.log.set(
-                &id,
-                QueryState::Answered {
-                    key: key.clone(),
-                    rows: answer.rows,
-                    elapsed_micros: elapsed.as_micros() as u64,
-                    cached: true,
-                    kept: true,
-                },
-            );
-            return Ok(Response::new(reply(
-                id, key.0, &answer, true, true, elapsed,
-            )));
-        }
-
-        let id = self.inner.log.start(&key.0);
-        let sql = key.0;
-        let run = self
-            .clone()
-            .run(id.clone(), parsed, snapshot, deadline, started);
-        if request.detach {
-            tokio::spawn(run);
-            return Ok(Response::new(QueryReply {
-                query_id: id,
-                state: "yellow".into(),
-                sql,
-                ..QueryReply::default()
-            }));
-        }
-        let (answer, kept) = run.await?;
-        Ok(Response::new(reply(
-            id,
-            sql,
-            &answer,
-            kept,
-            false,
-            started.elapsed(),
-        )))
+        let answered = match self.start(&request.sql)? {
+            Started::Cached(answered) => answered,
+            Started::Running { id, sql, run } if request.detach => {
+                tokio::spawn(run);
+                return Ok(Response::new(QueryReply {
+                    query_id: id,
+                    state: "yellow".into(),
+                    sql,
+                    ..QueryReply::default()
+                }));
+            }
+            Started::Running { run, .. } => run.await?,
+        };
+        Ok(Response::new(reply(&answered)))
     }
 
     async fn get_query(
@@ -686,11 +751,14 @@ fn machine_memory() -> Option<usize> {
     Some(limit.map_or(total, |limit| limit.min(total)))
 }
 
+/// `keys`, the analysts' API keys, open Flight SQL on the same port (without them, it is not
+/// served).
 pub async fn serve(
     listener: TcpListener,
     storage: &Storage,
     replica_path: &str,
     config: Config,
+    keys: Option<Arc<sluice_auth::Keys>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut config = config;
@@ -717,6 +785,18 @@ pub async fn serve(
     // The standard gRPC health service ("" is SERVING while the server runs): what a
     // Kubernetes gRPC probe asks.
     let (_, health) = tonic_health::server::health_reporter();
+    // Flight SQL is not behind the cluster secret: analysts' clients present their API keys.
+    let flight = match keys {
+        Some(keys) => Some(
+            FlightServiceServer::new(flight::FlightSql::new(service.clone(), keys)?)
+                .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
+                .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
+        ),
+        None => {
+            tracing::info!("no API keys are given: Flight SQL is not served");
+            None
+        }
+    };
     sluice_proto::tls::server()?
         .add_service(health)
         .add_service(sluice_proto::cluster::guarded(
@@ -724,6 +804,7 @@ pub async fn serve(
                 .max_encoding_message_size(sluice_proto::MAX_MESSAGE_BYTES)
                 .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
         ))
+        .add_optional_service(flight)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     following.await?;

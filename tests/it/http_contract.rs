@@ -36,6 +36,8 @@ fn schemathesis(addr: SocketAddr, reports: &std::path::Path) -> Value {
         .arg("--report-dir")
         .arg(reports)
         .arg("--no-color")
+        // It keeps a cache of its findings in `.schemathesis/` under its working directory.
+        .current_dir(reports.parent().unwrap())
         .output()
         .expect("schemathesis runs");
     let printed = String::from_utf8_lossy(&output.stdout);

@@ -22,6 +22,8 @@ pub(crate) struct ReadSide {
     _handler: Sluice,
     _api: Sluice,
     pub(crate) api: SocketAddr,
+    /// The query handler's gRPC port, which also serves Flight SQL.
+    pub(crate) handler_addr: SocketAddr,
 }
 
 pub(crate) async fn start_read_side(
@@ -59,6 +61,7 @@ pub(crate) async fn start_read_side(
         _handler: handler,
         _api: api_process,
         api,
+        handler_addr,
     }
 }
 

@@ -557,7 +557,7 @@ pub(crate) fn python() -> PathBuf {
                     && Command::new(&python)
                         .args([
                             "-c",
-                            "import deltalake, pyarrow, duckdb, kubernetes_validate, schemathesis",
+                            "import deltalake, pyarrow, duckdb, kubernetes_validate, schemathesis, adbc_driver_flightsql",
                         ])
                         .status()
                         .is_ok_and(|s| s.success())
