@@ -22,6 +22,9 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// What was asked for is no longer kept (a feed position the replica's log has let go).
+    #[error("{0}")]
+    Gone(String),
     #[error("internal error: {0}")]
     Internal(String),
     /// No key, an unknown key, or a key without the `read` scope.
@@ -38,6 +41,7 @@ impl ApiError {
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Auth(error) => error.status(),
         }
@@ -52,6 +56,7 @@ impl From<tonic::Status> for ApiError {
             Code::NotFound => ApiError::NotFound(message),
             Code::ResourceExhausted => ApiError::Unprocessable(message),
             Code::DeadlineExceeded => ApiError::Timeout(message),
+            Code::OutOfRange => ApiError::Gone(message),
             Code::Unavailable => {
                 ApiError::Unavailable(format!("the query handler is not available: {message}"))
             }

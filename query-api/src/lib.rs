@@ -4,6 +4,9 @@
 //!   Arrow answer ([`render`]) as JSON, CSV or Arrow; `GET /v1/queries/{id}` asks for a
 //!   query's state; `GET /v1/posts/{platform}/{post_id}` and `…/events` build a post's state
 //!   and audit trail ([`posts`]) from the ingest nodes' shared memory and the replica.
+//! - [`feed`]: the newsfeed: `GET /v1/feed` (the current position and the history up to it)
+//!   and `GET /v1/feed/stream` (every notification after a position, as Server-Sent Events
+//!   that resume with `Last-Event-ID`).
 //! - [`error`]: the one mapping from errors (and gRPC codes) to HTTP answers.
 //! - [`openapi`]: the OpenAPI document of these routes, at `GET /openapi.json`.
 //! - [`board`]: `GET /v1/board`, the pipeline's state gathered from every ingest node and query
@@ -18,6 +21,7 @@
 pub mod board;
 pub mod console;
 pub mod error;
+pub mod feed;
 pub mod openapi;
 pub mod posts;
 pub mod render;
@@ -60,6 +64,11 @@ pub struct Config {
     #[arg(long, env = "SLUICE_QUERY_API_MAX_IN_FLIGHT", default_value_t = 256,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_in_flight: u32,
+    /// Newsfeed streams (`GET /v1/feed/stream`) followed at once; they last, so they are
+    /// counted apart from `--max-in-flight`, and more are answered 503.
+    #[arg(long, env = "SLUICE_QUERY_API_MAX_STREAMS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams: u32,
     #[clap(flatten)]
     pub post_actions: posts::PostActions,
 }
@@ -78,6 +87,10 @@ pub struct AppState {
     pub post_actions: Arc<posts::PostActions>,
     /// The API keys calls are checked against (open when auth is off).
     pub keys: Arc<Keys>,
+    /// Slots for newsfeed streams (`--max-streams`).
+    pub streams: Arc<Semaphore>,
+    /// Fires when the service stops: newsfeed streams end with it.
+    pub stop: CancellationToken,
 }
 
 impl FromRef<AppState> for Arc<Keys> {
@@ -97,7 +110,9 @@ pub fn router(state: AppState, config: &Config) -> Router {
             "/v1/posts/{platform}/{post_id}/events",
             get(routes::get_post_events),
         )
+        .route("/v1/feed", get(feed::get_feed))
         .layer(axum::middleware::from_fn_with_state(in_flight, at_most))
+        .route("/v1/feed/stream", get(feed::stream_feed))
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -242,6 +257,8 @@ pub fn build(config: &Config, handler_addr: &str, keys: Arc<Keys>) -> anyhow::Re
         ),
         post_actions: Arc::new(config.post_actions.clone()),
         keys,
+        streams: Arc::new(Semaphore::new(config.max_streams as usize)),
+        stop: CancellationToken::new(),
     })
 }
 
@@ -253,7 +270,8 @@ pub async fn serve(
     keys: Arc<Keys>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let state = build(&config, handler_addr, keys)?;
+    let mut state = build(&config, handler_addr, keys)?;
+    state.stop = shutdown.clone();
     tracing::info!(addr = ?listener.local_addr().ok(), query_handler = handler_addr, ingest = ?config.ingest_urls, "query API listening");
     axum::serve(listener, router(state, &config))
         .with_graceful_shutdown(shutdown.cancelled_owned())

@@ -18,6 +18,8 @@ use utoipa::OpenApi;
         crate::board::get_board,
         crate::routes::get_post,
         crate::routes::get_post_events,
+        crate::feed::get_feed,
+        crate::feed::stream_feed,
         crate::routes::healthz,
         crate::routes::readyz,
         openapi_json,

@@ -38,7 +38,7 @@ pub struct QueryBody {
 /// Runs `call` through the balanced client and, when the handler it reached is unavailable
 /// (down, restarting, or still loading the replica), on each handler in turn: reads are safe to
 /// repeat, and the first answer that is not UNAVAILABLE is the answer.
-async fn on_any_handler<T, F, Fut>(state: &AppState, call: F) -> Result<T, Status>
+pub(crate) async fn on_any_handler<T, F, Fut>(state: &AppState, call: F) -> Result<T, Status>
 where
     F: Fn(QueryHandlerClient<Channel>) -> Fut,
     Fut: Future<Output = Result<T, Status>>,

@@ -16,6 +16,8 @@
 //! - [`lookup`]: point reads of the replica for the other services (a post's notifications, a
 //!   red notification).
 //! - [`error`]: the one mapping from errors to gRPC codes.
+//! - [`feed`]: the newsfeed, the replicated order of notifications as Delta's log gives it: the
+//!   history up to a position, then every commit after it as it lands.
 //! - [`flight`]: Arrow Flight SQL on the same port, for ADBC, JDBC and generic SQL clients,
 //!   over the same path as `Execute`, with the analysts' API keys.
 //!
@@ -25,6 +27,7 @@
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod feed;
 pub mod flight;
 pub mod lookup;
 pub mod queries;
@@ -45,8 +48,9 @@ use datafusion::execution::disk_manager::{DiskManager, DiskManagerBuilder, DiskM
 use sluice_core::storage::{Storage, StorageUrl};
 use sluice_proto::v1::query_handler_server::{QueryHandler, QueryHandlerServer};
 use sluice_proto::v1::{
-    ExecuteRequest, GetNotificationRequest, GetQueryRequest, HandlerStats, HandlerStatsRequest,
-    NotificationLookup, Notifications, PostEventsRequest, QueryReply,
+    ExecuteRequest, FeedBatch, FeedHistoryReply, FeedHistoryRequest, FollowRequest,
+    GetNotificationRequest, GetQueryRequest, HandlerStats, HandlerStatsRequest, NotificationLookup,
+    Notifications, PostEventsRequest, QueryReply,
 };
 use sluice_telemetry::names;
 use tokio::net::TcpListener;
@@ -129,6 +133,10 @@ pub struct Config {
     /// same either way.
     #[arg(long, env = "SLUICE_QUERY_RULES_OFF", value_delimiter = ',')]
     pub query_rules_off: Vec<String>,
+    /// How often the newsfeed looks for the replica's next commit while anyone follows it (one
+    /// small GET each time): the most it adds to a notification's way to the feed.
+    #[arg(long, env = "SLUICE_FEED_POLL_MS", default_value_t = 100)]
+    pub feed_poll_ms: u64,
 }
 
 impl Config {
@@ -150,6 +158,7 @@ impl Config {
                 .map(String::from)
                 .to_vec(),
             query_rules_off: Vec::new(),
+            feed_poll_ms: 50,
         }
     }
 
@@ -290,6 +299,7 @@ struct Inner {
     limits: Limits,
     timeout: Duration,
     runtime: QueryRuntime,
+    feed: Arc<feed::Feed>,
     /// This handler's own counts for `Stats` (the gauges are the process's, shared by every
     /// handler in `sluice all`).
     counts: QueryCounts,
@@ -335,7 +345,7 @@ impl QueryHandlerService {
     pub fn new(replica: Arc<ReplicaView>, config: &Config) -> anyhow::Result<Self> {
         let service = QueryHandlerService {
             inner: Arc::new(Inner {
-                replica,
+                replica: Arc::clone(&replica),
                 cache: ResultCache::new(
                     config.cache_bytes,
                     Duration::from_secs(config.cache_ttl_secs),
@@ -345,6 +355,10 @@ impl QueryHandlerService {
                 limits: config.limits()?,
                 timeout: Duration::from_millis(config.query_timeout_ms),
                 runtime: QueryRuntime::new(config.threads())?,
+                feed: feed::Feed::new(
+                    Arc::clone(&replica),
+                    Duration::from_millis(config.feed_poll_ms.max(10)),
+                ),
                 counts: QueryCounts::default(),
             }),
         };
@@ -360,6 +374,7 @@ impl QueryHandlerService {
     /// Called when the replica moves on: answers of older versions can never be served again.
     pub fn replica_moved_on(&self, version: u64) {
         self.inner.cache.retire_before(version);
+        self.inner.feed.saw(version);
     }
 
     fn snapshot(&self) -> Result<Arc<Snapshot>, QueryError> {
@@ -728,10 +743,52 @@ impl QueryHandler for QueryHandlerService {
             queries_failed: count(&inner.counts.failed),
         }))
     }
+
+    async fn feed_history(
+        &self,
+        request: Request<FeedHistoryRequest>,
+    ) -> Result<Response<FeedHistoryReply>, Status> {
+        let request = request.into_inner();
+        let filter = feed::Filter::of(request.filter)?;
+        if !(1..=MAX_FEED_HISTORY).contains(&request.limit) {
+            return Err(Status::invalid_argument(format!(
+                "limit must be 1 to {MAX_FEED_HISTORY}"
+            )));
+        }
+        let snapshot = self.snapshot()?;
+        let limits = self.inner.limits.clone();
+        let version = snapshot.version;
+        let (notifications, truncated) = self
+            .lookup(async move {
+                lookup::feed_history(&snapshot, &limits, &filter, request.limit as usize).await
+            })
+            .await?;
+        Ok(Response::new(FeedHistoryReply {
+            version,
+            notifications,
+            truncated,
+        }))
+    }
+
+    type FollowStream =
+        std::pin::Pin<Box<dyn futures::Stream<Item = Result<FeedBatch, Status>> + Send>>;
+
+    async fn follow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<Self::FollowStream>, Status> {
+        let request = request.into_inner();
+        let filter = feed::Filter::of(request.filter)?;
+        let after: feed::Position = request.after.parse().map_err(Status::invalid_argument)?;
+        let mut batches = self.inner.feed.follow(filter, after).await?;
+        let stream = futures::stream::poll_fn(move |cx| batches.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
 }
 
-/// Serves the query handler on `listener` until `shutdown` fires, reading the replica at
-/// `replica_path` inside `storage`.
+/// The most notifications a feed's history answers.
+const MAX_FEED_HISTORY: u32 = 10_000;
+
 /// The memory this process may use: the machine's, or its container's limit when lower
 /// (cgroup v2 `memory.max`). None when neither can be read.
 fn machine_memory() -> Option<usize> {
@@ -751,7 +808,8 @@ fn machine_memory() -> Option<usize> {
     Some(limit.map_or(total, |limit| limit.min(total)))
 }
 
-/// `keys`, the analysts' API keys, open Flight SQL on the same port (without them, it is not
+/// Serves the query handler on `listener` until `shutdown` fires, reading the replica at
+/// `replica_path` inside `storage`. `keys`, the analysts' API keys, open Flight SQL on the same port (without them, it is not
 /// served).
 pub async fn serve(
     listener: TcpListener,

@@ -77,6 +77,42 @@ pub async fn post_events(
     to_notifications(&batches)
 }
 
+/// A feed's history in `snapshot`: the newest `limit` notifications of `platform` (and of
+/// `post_id`, and of `kind`, when given), oldest first; and whether older ones were left out.
+pub async fn feed_history(
+    snapshot: &Arc<Snapshot>,
+    limits: &Limits,
+    filter: &crate::feed::Filter,
+    limit: usize,
+) -> Result<(Vec<v1::Notification>, bool), QueryError> {
+    let ctx = engine::session(snapshot, &scan_only(limits)?)?;
+    let mut condition = col("platform").eq(lit(filter.platform.as_str()));
+    if let Some(post_id) = &filter.post_id {
+        condition = condition.and(col("post_id").eq(lit(post_id.as_str())));
+    }
+    if let Some(kind) = &filter.kind {
+        condition = condition.and(col("type").eq(lit(kind.as_str())));
+    }
+    let batches = ctx
+        .table(TABLE)
+        .await?
+        .filter(condition)?
+        .select_columns(&COLUMNS)?
+        .sort(vec![
+            SortExpr::new(col("occurred_at"), false, true),
+            SortExpr::new(col("received_at"), false, true),
+            SortExpr::new(col("id"), false, true),
+        ])?
+        .limit(0, Some(limit + 1))?
+        .collect()
+        .await?;
+    let mut newest_first = to_notifications(&batches)?;
+    let truncated = newest_first.len() > limit;
+    newest_first.truncate(limit);
+    newest_first.reverse();
+    Ok((newest_first, truncated))
+}
+
 /// The notification `(platform, id)` from the replica, if it is there.
 pub async fn find_notification(
     snapshot: &Arc<Snapshot>,
@@ -110,7 +146,9 @@ fn scan_only(limits: &Limits) -> Result<Limits, QueryError> {
 
 /// Rows of [`COLUMNS`] as wire notifications. Columns are cast to one canonical type first:
 /// the Parquet reader may hand strings over as views or dictionaries.
-fn to_notifications(batches: &[RecordBatch]) -> Result<Vec<v1::Notification>, QueryError> {
+pub(crate) fn to_notifications(
+    batches: &[RecordBatch],
+) -> Result<Vec<v1::Notification>, QueryError> {
     let utf8 = DataType::Utf8;
     let micros = DataType::Timestamp(TimeUnit::Microsecond, None);
     let tags_type = DataType::List(Arc::new(Field::new("element", DataType::Utf8, true)));

@@ -43,6 +43,15 @@ impl ReplicaView {
         }
     }
 
+    /// The table's log store, once the table has been found.
+    pub async fn log_store(&self) -> Option<deltalake::logstore::LogStoreRef> {
+        self.table
+            .lock()
+            .await
+            .as_ref()
+            .map(|table| table.log_store())
+    }
+
     /// The latest loaded version, if the table has been found.
     pub fn current(&self) -> Option<Arc<Snapshot>> {
         self.current.read().expect("snapshot lock poisoned").clone()
