@@ -139,30 +139,34 @@ pub async fn open_replica(storage: &Storage, path: &str) -> anyhow::Result<Repli
     Ok(Replica::open_or_create(url, options).await?)
 }
 
-/// What this consumer is now: the committer (with its replicator's progress) or a standby.
+/// What this consumer is now: the committer (with its replicator's progress and the fence of
+/// its lease) or a standby. A committer whose lease is no longer surely its own (paused past
+/// it, or renewals failing) answers as a standby at once, before its replicator has noticed.
 #[derive(Default)]
 struct Role {
-    committing: RwLock<Option<Arc<Progress>>>,
+    committing: RwLock<Option<(Arc<Progress>, Arc<Fence>)>>,
 }
 
 impl Role {
     fn progress(&self) -> Result<Arc<Progress>, Status> {
-        self.committing
+        let committing = self
+            .committing
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone()
-            .ok_or_else(|| {
-                Status::unavailable(
-                    "this consumer is a standby: the holder of the replica's lease answers",
-                )
-            })
+            .clone();
+        match committing {
+            Some((progress, fence)) if fence.check().is_ok() => Ok(progress),
+            _ => Err(Status::unavailable(
+                "this consumer is a standby: the holder of the replica's lease answers",
+            )),
+        }
     }
 
-    fn set(&self, progress: Option<Arc<Progress>>) {
+    fn set(&self, committing: Option<(Arc<Progress>, Arc<Fence>)>) {
         *self
             .committing
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = progress;
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = committing;
     }
 }
 
@@ -412,12 +416,21 @@ async fn commit_while_leased(
                 term_backoff = Duration::from_millis(250);
                 // Notices that arrived while standing by were refused; any left are stale.
                 while notices.try_recv().is_ok() {}
-                role.set(Some(replicator.progress()));
+                role.set(Some((replicator.progress(), fence.clone())));
                 metrics::gauge!(names::LEASE_HELD).set(1.0);
                 metrics::gauge!(names::LEASE_EPOCH).set(fence.epoch() as f64);
                 health
                     .set_serving::<ConsumerServer<ConsumerService>>()
                     .await;
+                // NOT_SERVING the moment the lease is lost, not when the replicator gets there.
+                let lost = fence.lost().clone();
+                let reporter = health.clone();
+                let health_follows_lease = tokio::spawn(async move {
+                    lost.cancelled().await;
+                    reporter
+                        .set_not_serving::<ConsumerServer<ConsumerService>>()
+                        .await;
+                });
                 let maintaining = tokio::spawn(maintenance::run(
                     replicator.table().clone(),
                     config.maintenance(),
@@ -425,6 +438,7 @@ async fn commit_while_leased(
                     shutdown.clone(),
                 ));
                 notices = replicator.run(notices, shutdown.clone()).await;
+                health_follows_lease.abort();
                 health
                     .set_not_serving::<ConsumerServer<ConsumerService>>()
                     .await;

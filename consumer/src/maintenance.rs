@@ -78,7 +78,7 @@ pub async fn maintain(
         .with_type(OptimizeType::Compact)
         .with_filters(&closed)
         .with_target_size(NonZeroU64::new(config.target_file_bytes.max(1)).expect("at least 1"))
-        .with_writer_properties(crate::replica::writer_properties(config.zstd_level)?)
+        .with_writer_properties(crate::replica::writer_properties(config.zstd_level, None)?)
         .with_max_concurrent_tasks(config.concurrency.max(1))
         .with_commit_properties(CommitProperties::default().with_application_transaction(
             Transaction::new(MAINTENANCE_APP_ID, fence.epoch() as i64),

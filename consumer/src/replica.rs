@@ -42,19 +42,25 @@ pub const BLOOM_COLUMNS: [&str; 2] = ["id", "post_id"];
 const BLOOM_FPP: f64 = 0.01;
 
 /// How the replica's Parquet files are written: zstd, bloom filters on the look-up keys
-/// ([`BLOOM_COLUMNS`]; sized for a full row group and folded down to what it holds), and delta
-/// encoding for the two integer columns that grow with arrival order (`received_at`,
-/// `batch_row`). Their dictionaries would hold nearly every value; their deltas are small
-/// (about 2% smaller files in an experiment on the replication benchmark's data shape,
-/// bench/README.md).
-pub fn writer_properties(zstd_level: i32) -> Result<WriterProperties, DeltaTableError> {
+/// ([`BLOOM_COLUMNS`]; sized for `rows`, else for a full row group, and folded down to what it
+/// holds), and delta encoding for the two integer columns that grow with arrival order
+/// (`received_at`, `batch_row`). Their dictionaries would hold nearly every value; their deltas
+/// are small (about 2% smaller files in an experiment on the replication benchmark's data
+/// shape, bench/README.md).
+pub fn writer_properties(
+    zstd_level: i32,
+    rows: Option<usize>,
+) -> Result<WriterProperties, DeltaTableError> {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(zstd_level)?));
     for column in BLOOM_COLUMNS {
         let path = ColumnPath::from(column);
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
-            .set_column_bloom_filter_fpp(path, BLOOM_FPP);
+            .set_column_bloom_filter_fpp(path.clone(), BLOOM_FPP);
+        if let Some(rows) = rows {
+            builder = builder.set_column_bloom_filter_max_ndv(path, rows.max(1) as u64);
+        }
     }
     for column in ["received_at", "batch_row"] {
         let path = ColumnPath::from(column);
@@ -89,7 +95,12 @@ pub async fn check_epoch(
     fence
         .check()
         .map_err(|lost| DeltaTableError::Generic(lost.to_string()))?;
-    match transaction_version(table, app_id).await? {
+    epoch_allows(fence, app_id, transaction_version(table, app_id).await?)
+}
+
+/// [`check_epoch`] once the snapshot's `recorded` epoch for `app_id` is known.
+fn epoch_allows(fence: &Fence, app_id: &str, recorded: Option<u64>) -> Result<(), DeltaTableError> {
+    match recorded {
         Some(recorded) if recorded > fence.epoch() => Err(DeltaTableError::Generic(format!(
             "the replica records lease epoch {recorded} for {app_id}, newer than this \
              consumer's {}: another consumer commits now",
@@ -102,6 +113,17 @@ pub async fn check_epoch(
 /// A handle on the replica table.
 pub struct Replica {
     table: DeltaTable,
+    transactions: std::sync::Mutex<Transactions>,
+}
+
+/// The Delta transaction versions (app id → version) known at one table version. Each is a log
+/// replay to read (delta-kernel reads every commit since the last checkpoint, and the
+/// checkpoint), and a round asks for several; so they are kept, and this handle's own commit
+/// moves them on without a replay.
+#[derive(Default)]
+struct Transactions {
+    at: Option<u64>,
+    versions: HashMap<String, Option<u64>>,
 }
 
 impl Replica {
@@ -119,7 +141,10 @@ impl Replica {
             .with_partition_columns([PARTITION_COLUMN])
             .with_save_mode(SaveMode::Ignore)
             .await?;
-        Ok(Replica { table })
+        Ok(Replica {
+            table,
+            transactions: Default::default(),
+        })
     }
 
     pub fn table(&self) -> &DeltaTable {
@@ -142,8 +167,32 @@ impl Replica {
         Ok(self.transaction_version(producer).await?.unwrap_or(0))
     }
 
+    /// The version of `app_id`'s transaction at the loaded snapshot: remembered for this
+    /// table version, else read from the log.
     async fn transaction_version(&self, app_id: &str) -> Result<Option<u64>, DeltaTableError> {
-        transaction_version(&self.table, app_id).await
+        let at = self.version();
+        {
+            let known = self.known_transactions();
+            if known.at == Some(at)
+                && let Some(version) = known.versions.get(app_id)
+            {
+                return Ok(*version);
+            }
+        }
+        let version = transaction_version(&self.table, app_id).await?;
+        let mut known = self.known_transactions();
+        if known.at != Some(at) {
+            known.at = Some(at);
+            known.versions.clear();
+        }
+        known.versions.insert(app_id.to_string(), version);
+        Ok(version)
+    }
+
+    fn known_transactions(&self) -> std::sync::MutexGuard<'_, Transactions> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A new lease holder's first commit: it records the holder's epoch for the committer and
@@ -183,7 +232,15 @@ impl Replica {
         last_sequences: &BTreeMap<String, u64>,
         fence: &Fence,
     ) -> Result<u64, DeltaTableError> {
-        check_epoch(&self.table, fence, COMMITTER_APP_ID).await?;
+        fence
+            .check()
+            .map_err(|lost| DeltaTableError::Generic(lost.to_string()))?;
+        epoch_allows(
+            fence,
+            COMMITTER_APP_ID,
+            self.transaction_version(COMMITTER_APP_ID).await?,
+        )?;
+        let base = self.version();
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut transactions: Vec<Transaction> = last_sequences
             .iter()
@@ -192,8 +249,9 @@ impl Replica {
             })
             .collect();
         transactions.push(Transaction::new(COMMITTER_APP_ID, fence.epoch() as i64));
-        let writer = writer_properties(REPLICA_ZSTD_LEVEL)?;
-        let table = self
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        let writer = writer_properties(REPLICA_ZSTD_LEVEL, Some(rows))?;
+        self.table = self
             .table
             .clone()
             .write(batches)
@@ -207,7 +265,19 @@ impl Replica {
                 CommitProperties::default().with_application_transactions(transactions),
             )
             .await?;
-        self.table = table;
-        Ok(self.version())
+        let version = self.version();
+        let mut known = self.known_transactions();
+        if known.at == Some(base) && version == base + 1 {
+            // Nothing came between the snapshot and this commit: its transactions are the
+            // only change.
+            known.at = Some(version);
+            for (producer, sequence) in last_sequences {
+                known.versions.insert(producer.clone(), Some(*sequence));
+            }
+            known
+                .versions
+                .insert(COMMITTER_APP_ID.to_string(), Some(fence.epoch()));
+        }
+        Ok(version)
     }
 }
