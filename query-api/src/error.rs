@@ -51,6 +51,13 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let message = status.message().to_string();
+        if std::error::Error::source(&status).is_some() {
+            // Made on this side of the wire: the call to the handler broke in transport.
+            return ApiError::Unavailable(format!(
+                "the query handler did not answer: {}: {message}",
+                status.code()
+            ));
+        }
         match status.code() {
             Code::InvalidArgument => ApiError::BadRequest(message),
             Code::NotFound => ApiError::NotFound(message),

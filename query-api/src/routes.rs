@@ -36,8 +36,9 @@ pub struct QueryBody {
 }
 
 /// Runs `call` through the balanced client and, when the handler it reached is unavailable
-/// (down, restarting, or still loading the replica), on each handler in turn: reads are safe to
-/// repeat, and the first answer that is not UNAVAILABLE is the answer.
+/// (down, restarting, or still loading the replica) or the call broke in transport (the handler
+/// died under it), on each handler in turn: reads are safe to repeat, and the first answer the
+/// handler itself gave is the answer.
 pub(crate) async fn on_any_handler<T, F, Fut>(state: &AppState, call: F) -> Result<T, Status>
 where
     F: Fn(QueryHandlerClient<Channel>) -> Fut,
@@ -45,11 +46,11 @@ where
 {
     let first = call(state.handler.clone()).await;
     match first {
-        Err(status) if status.code() == Code::Unavailable => {
+        Err(status) if worth_another_handler(&status) => {
             let mut last = status;
             for handler in state.handlers.all() {
                 match call(handler.clone()).await {
-                    Err(status) if status.code() == Code::Unavailable => last = status,
+                    Err(status) if worth_another_handler(&status) => last = status,
                     answer => return answer,
                 }
             }
@@ -57,6 +58,13 @@ where
         }
         answer => answer,
     }
+}
+
+/// UNAVAILABLE, or a status made on this side of the wire from a transport error (a connection
+/// reset or closed mid-call gives UNKNOWN, CANCELLED or INTERNAL with the error as its source;
+/// a status the handler sent has none).
+fn worth_another_handler(status: &Status) -> bool {
+    status.code() == Code::Unavailable || std::error::Error::source(status).is_some()
 }
 
 /// `POST /v1/query`.

@@ -134,8 +134,13 @@ pub struct Feed {
     rows: Mutex<VecDeque<CachedRows>>,
 }
 
-/// The decoded rows of one added file: (version, file), the rows, their size in bytes.
-type CachedRows = ((u64, u32), Arc<Vec<v1::Notification>>, usize);
+/// The decoded rows of one added file (version, file), once read, and their size in bytes (0
+/// while being read).
+struct CachedRows {
+    key: (u64, u32),
+    rows: Arc<tokio::sync::OnceCell<Arc<Vec<v1::Notification>>>>,
+    size: usize,
+}
 
 impl Feed {
     pub fn new(replica: Arc<ReplicaView>, poll: Duration) -> Arc<Self> {
@@ -316,7 +321,7 @@ impl Feed {
         {
             return Ok(Some(Arc::clone(&files.1)));
         }
-        let log_store = self.replica.log_store().await.ok_or_else(|| {
+        let log_store = self.replica.log_store().ok_or_else(|| {
             Status::unavailable("the replica table does not exist yet or was not loaded")
         })?;
         let commit = log_store.read_commit_entry(version).await.map_err(|e| {
@@ -336,7 +341,8 @@ impl Feed {
         Ok(Some(files))
     }
 
-    /// The notifications of one added file, in its row order.
+    /// The notifications of one added file, in its row order. Followers at the head ask for
+    /// the same file at once: one of them reads it, the others wait for its rows.
     async fn rows_of(
         &self,
         version: u64,
@@ -344,16 +350,55 @@ impl Feed {
         path: &Path,
     ) -> Result<Arc<Vec<v1::Notification>>, Status> {
         let key = (version, file);
-        if let Some((_, rows, _)) = self
-            .rows
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|(k, _, _)| *k == key)
-        {
-            return Ok(Arc::clone(rows));
+        let cell = {
+            let mut cache = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+            match cache.iter().find(|entry| entry.key == key) {
+                Some(entry) => Arc::clone(&entry.rows),
+                None => {
+                    let cell = Arc::new(tokio::sync::OnceCell::new());
+                    cache.push_back(CachedRows {
+                        key,
+                        rows: Arc::clone(&cell),
+                        size: 0,
+                    });
+                    cell
+                }
+            }
+        };
+        let rows = cell
+            .get_or_try_init(|| self.read_rows(path))
+            .await
+            .inspect_err(|_| {
+                // Not kept: the next follower tries again.
+                self.rows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|entry| !Arc::ptr_eq(&entry.rows, &cell));
+            })?
+            .clone();
+        let size: usize = rows.iter().map(Message::encoded_len).sum();
+        let mut cache = self.rows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut oversized = false;
+        if let Some(entry) = cache.iter_mut().find(|e| Arc::ptr_eq(&e.rows, &cell)) {
+            entry.size = size;
+            oversized = size > CACHED_ROW_BYTES;
         }
-        let log_store = self.replica.log_store().await.ok_or_else(|| {
+        if oversized {
+            cache.retain(|entry| !Arc::ptr_eq(&entry.rows, &cell));
+        }
+        let mut total: usize = cache.iter().map(|entry| entry.size).sum();
+        while total > CACHED_ROW_BYTES
+            && let Some(oldest) = cache.pop_front()
+        {
+            total -= oldest.size;
+        }
+        Ok(rows)
+    }
+
+    /// Reads and decodes one added file whole: a file one commit added is one batch of the
+    /// consumer's.
+    async fn read_rows(&self, path: &Path) -> Result<Arc<Vec<v1::Notification>>, Status> {
+        let log_store = self.replica.log_store().ok_or_else(|| {
             Status::unavailable("the replica table does not exist yet or was not loaded")
         })?;
         let store =
@@ -361,7 +406,6 @@ impl Feed {
         let unreadable = |e: &dyn std::fmt::Display| {
             Status::from(QueryError::Unavailable(format!("{path}: {e}")))
         };
-        // A file one commit added is one batch of the consumer's: read whole, decoded aside.
         let bytes = store
             .get(path)
             .await
@@ -378,19 +422,7 @@ impl Feed {
         .await
         .map_err(|e| unreadable(&e))?
         .map_err(|e: datafusion::parquet::errors::ParquetError| unreadable(&e))?;
-        let rows = Arc::new(crate::lookup::to_notifications(&batches)?);
-        let size: usize = rows.iter().map(Message::encoded_len).sum();
-        let mut cache = self.rows.lock().unwrap_or_else(|e| e.into_inner());
-        if size <= CACHED_ROW_BYTES && !cache.iter().any(|(k, _, _)| *k == key) {
-            let mut total: usize = cache.iter().map(|(_, _, s)| s).sum();
-            while total + size > CACHED_ROW_BYTES
-                && let Some((_, _, oldest)) = cache.pop_front()
-            {
-                total -= oldest;
-            }
-            cache.push_back((key, Arc::clone(&rows), size));
-        }
-        Ok(rows)
+        Ok(Arc::new(crate::lookup::to_notifications(&batches)?))
     }
 }
 

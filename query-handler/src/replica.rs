@@ -7,7 +7,7 @@
 //! its only committer, and the handler does not even create it.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use datafusion::catalog::TableProvider;
@@ -23,6 +23,9 @@ pub struct ReplicaView {
     url: Url,
     options: HashMap<String, String>,
     table: Mutex<Option<DeltaTable>>,
+    /// The table's log store, kept apart from `table` so that the feed reads the log while a
+    /// refresh holds the table to load a snapshot.
+    log_store: OnceLock<deltalake::logstore::LogStoreRef>,
     current: RwLock<Option<Arc<Snapshot>>>,
     /// Columns read as Parquet dictionary keys (see [`crate::scan`]).
     dictionary_columns: Vec<String>,
@@ -37,6 +40,7 @@ impl ReplicaView {
             url,
             options,
             table: Mutex::new(None),
+            log_store: OnceLock::new(),
             current: RwLock::new(None),
             dictionary_columns: dictionary_columns.to_vec(),
             footers: Footers::default(),
@@ -44,12 +48,8 @@ impl ReplicaView {
     }
 
     /// The table's log store, once the table has been found.
-    pub async fn log_store(&self) -> Option<deltalake::logstore::LogStoreRef> {
-        self.table
-            .lock()
-            .await
-            .as_ref()
-            .map(|table| table.log_store())
+    pub fn log_store(&self) -> Option<deltalake::logstore::LogStoreRef> {
+        self.log_store.get().cloned()
     }
 
     /// The latest loaded version, if the table has been found.
@@ -70,7 +70,10 @@ impl ReplicaView {
                 )
                 .await
                 {
-                    Ok(opened) => *table = Some(opened),
+                    Ok(opened) => {
+                        let _ = self.log_store.set(opened.log_store());
+                        *table = Some(opened);
+                    }
                     Err(DeltaTableError::NotATable(_)) => return Ok(None),
                     Err(error) => return Err(error),
                 }
