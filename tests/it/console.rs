@@ -5,7 +5,8 @@
 //! error, and, with auth on, ask for a key and refuse one that may not read.
 //!
 //! Needs `node`/`npm` (the tests run `npm ci` in `tests/browser/` themselves) and `chromium`
-//! (`apt-get install -y chromium`; `.ci/run` installs it; `SLUICE_CHROMIUM` names another).
+//! (`SLUICE_CHROMIUM` names another): `tests/browser/install.sh` installs whichever is missing
+//! from Debian's packages, run by `.ci/run` and by these tests.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,14 +29,31 @@ const SQL: &str = "SELECT type, count(*) AS n FROM notifications GROUP BY type O
 const READ_KEY: &str = "sk_reader0123456789abcdef0123456789abcdef0123456789abcdef01234567";
 const WRITE_KEY: &str = "sk_writer0123456789abcdef0123456789abcdef0123456789abcdef01234567";
 
+/// Installs what the test needs from Debian (chromium, node, npm) if any is missing, once.
+fn browser_tools() {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| {
+        let status = std::process::Command::new("bash")
+            .arg(Path::new(BROWSER_DIR).join("install.sh"))
+            .status()
+            .expect("bash runs");
+        assert!(
+            status.success(),
+            "tests/browser/install.sh could not install chromium, node and npm"
+        );
+    });
+}
+
 /// The browser: `SLUICE_CHROMIUM`, else Debian's.
 fn chromium() -> PathBuf {
+    browser_tools();
     let path = PathBuf::from(
         std::env::var("SLUICE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
     );
     assert!(
         path.exists(),
-        "{} is missing: `apt-get install -y chromium` (.ci/run does), or set SLUICE_CHROMIUM",
+        "{} is missing: `apt-get install -y chromium` (tests/browser/install.sh does), or set \
+         SLUICE_CHROMIUM",
         path.display()
     );
     path
@@ -43,6 +61,7 @@ fn chromium() -> PathBuf {
 
 /// `tests/browser/node_modules`, installed from the committed lock file the first time.
 fn node_modules() {
+    browser_tools();
     static READY: std::sync::Once = std::sync::Once::new();
     READY.call_once(|| {
         let installed = Path::new(BROWSER_DIR).join("node_modules/playwright-core/package.json");

@@ -10,6 +10,7 @@ mod console;
 mod dead_letters;
 mod differential;
 mod faults;
+mod feed;
 mod flight_sql;
 mod http_contract;
 mod k8s;

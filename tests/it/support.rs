@@ -152,6 +152,14 @@ impl Drop for S3Server {
     }
 }
 
+/// The `sluice` binary the tests run: this build's, or the one `SLUICE_TEST_BIN` names (a
+/// release build, to measure what a test reports at production speed).
+pub(crate) fn sluice_bin() -> PathBuf {
+    std::env::var_os("SLUICE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sluice")))
+}
+
 /// `sluice <subcommand> --help`, which names every setting's environment variable.
 pub(crate) fn help(subcommand: &str) -> String {
     let help = Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -206,7 +214,7 @@ impl Sluice {
     ) -> Sluice {
         let log = cwd.join(format!("{log_name}.log"));
         let log_file = std::fs::File::create(&log).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut command = Command::new(sluice_bin());
         // The tests' notifications carry fixed dates, as a load of history does: no bound on
         // their age unless a test sets one.
         if !env.iter().any(|(k, _)| k == "SLUICE_MAX_EVENT_AGE_DAYS") {
