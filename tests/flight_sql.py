@@ -89,6 +89,9 @@ def cmd_checks(args):
         # The same prepared statement again with another value, and numbered placeholders.
         cur.execute(count_sql.format("?"), ("no-such-platform",))
         out["prepared_count_other"] = cur.fetchone()[0]
+        # Preparing alone describes the parameters, as planning on the replica infers them.
+        parameters = cur.adbc_prepare("SELECT count(*) AS n FROM notifications WHERE platform = ? AND received_at > $2")
+        out["prepared_parameters"] = [[f.name, str(f.type)] for f in parameters] if parameters is not None else None
         cur.execute("SELECT $2 AS b, $1 AS a, count(*) AS n FROM notifications WHERE platform = $1", (args.platform, 7))
         out["numbered"] = [normalize(v) for v in cur.fetchone()]
         cur.execute(count_sql.format(f"'{args.platform}'"))

@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::{DataType, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::ipc::reader::StreamReader;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
@@ -41,7 +41,8 @@ use arrow_flight::sql::{
     TicketStatementQuery,
 };
 use arrow_flight::{
-    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, Ticket,
+    FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
 };
 use datafusion::common::ScalarValue;
 use datafusion::sql::parser::Statement;
@@ -103,6 +104,58 @@ impl FlightSql {
             .caller(&headers)
             .and_then(|caller| caller.require_read())
             .map_err(refusal)
+    }
+
+    /// What a prepared statement answers and takes, from planning it on the current replica
+    /// without running it: its columns, and its parameters (`$1`, `$2`, … in order; `?` are
+    /// numbered so) with the types planning infers, null where it cannot. Either is None when
+    /// planning cannot tell (the client learns the columns from the answer then); a statement
+    /// that is not one read-only query is refused.
+    async fn describe(&self, sql: &str) -> Result<(Option<Schema>, Option<Schema>), Status> {
+        let parsed = engine::parse(sql)?;
+        let Statement::Statement(mut statement) = parsed.statement else {
+            return Ok((None, None));
+        };
+        let mut positional = 0usize;
+        let _ = visit_expressions_mut(&mut *statement, |expr| {
+            if let SqlExpr::Value(value) = expr
+                && let Value::Placeholder(name) = &mut value.value
+                && name == "?"
+            {
+                positional += 1;
+                *name = format!("${positional}");
+            }
+            std::ops::ControlFlow::<()>::Continue(())
+        });
+        let ctx = self.handler.plain_session()?;
+        let Ok(plan) = ctx
+            .state()
+            .statement_to_plan(Statement::Statement(statement))
+            .await
+        else {
+            return Ok((None, None));
+        };
+        let columns = plan.schema().as_arrow().clone();
+        let parameters = plan.get_parameter_types().ok().map(|types| {
+            let mut types: Vec<(usize, String, Option<DataType>)> = types
+                .into_iter()
+                .map(|(name, kind)| {
+                    let number = name
+                        .strip_prefix('$')
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(usize::MAX);
+                    (number, name, kind)
+                })
+                .collect();
+            types.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            Schema::new(
+                types
+                    .into_iter()
+                    .map(|(_, name, kind)| Field::new(name, kind.unwrap_or(DataType::Null), true))
+                    .collect::<Vec<_>>(),
+            )
+        });
+        Ok((Some(columns), parameters))
     }
 
     /// Runs `sql` as the REST read path does, holds its answer for the `DoGet` if the cache
@@ -244,6 +297,22 @@ impl PreparedHandle {
             .map(Into::into)
             .map_err(|e| Status::internal(e.to_string()))
     }
+}
+
+/// A schema as Flight SQL sends it in a prepared statement's description: an IPC schema
+/// message; empty when unknown.
+fn ipc_schema(schema: Option<&Schema>) -> Result<prost::bytes::Bytes, Status> {
+    let Some(schema) = schema else {
+        return Ok(Default::default());
+    };
+    let options = arrow::ipc::writer::IpcWriteOptions::default();
+    let IpcMessage(bytes) =
+        SchemaAsIpc::new(schema, &options)
+            .try_into()
+            .map_err(|e: arrow::error::ArrowError| {
+                Status::internal(format!("cannot encode a schema: {e}"))
+            })?;
+    Ok(bytes)
 }
 
 /// `sql` with its placeholders (`?` in order, or `$1`, `$2`, …) replaced by the values of
@@ -526,16 +595,16 @@ impl FlightSqlService for FlightSql {
         request: Request<arrow_flight::Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         self.authorize(&request)?;
-        // Refused here if it is not one read-only query; its schema comes with its answer.
-        engine::parse(&query.query)?;
+        // Refused here if it is not one read-only query.
+        let (columns, parameters) = self.describe(&query.query).await?;
         let handle = PreparedHandle {
             sql: query.query,
             bound: None,
         };
         Ok(ActionCreatePreparedStatementResult {
             prepared_statement_handle: handle.encode()?,
-            dataset_schema: Default::default(),
-            parameter_schema: Default::default(),
+            dataset_schema: ipc_schema(columns.as_ref())?,
+            parameter_schema: ipc_schema(parameters.as_ref())?,
         })
     }
 

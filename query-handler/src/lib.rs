@@ -439,6 +439,15 @@ impl QueryHandlerService {
         }
     }
 
+    /// A session over the current replica snapshot for planning without running: DataFusion's
+    /// own, without the handler's rules, so that the types it plans are the table's, which
+    /// every answer shows.
+    pub(crate) fn plain_session(&self) -> Result<datafusion::prelude::SessionContext, QueryError> {
+        let mut limits = self.inner.limits.clone();
+        rules::turn_off(limits.session.options_mut(), &rules::RuleSwitches::names())?;
+        engine::session(&self.snapshot()?, &limits)
+    }
+
     /// The catalog and schema that hold the table, as DataFusion names them.
     pub(crate) fn catalog(&self) -> (String, String) {
         let catalog = &self.inner.limits.session.options().catalog;

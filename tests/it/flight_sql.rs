@@ -124,6 +124,11 @@ async fn adbc_gets_the_rows_of_the_rest_read_path_and_binds_parameters_with_a_re
     assert_eq!(checks["literal_count"], count, "{checks:#}");
     assert_eq!(checks["prepared_count_other"], 0, "{checks:#}");
     assert_eq!(
+        checks["prepared_parameters"],
+        json!([["$1", "string_view"], ["$2", "timestamp[us, tz=UTC]"]]),
+        "{checks:#}"
+    );
+    assert_eq!(
         checks["numbered"],
         json!([7, platform, count]),
         "{checks:#}"
