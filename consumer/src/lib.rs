@@ -549,3 +549,25 @@ pub async fn maintain_once(
     keeping.await?;
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_committer_whose_lease_is_lost_answers_as_a_standby_at_once() {
+        let role = Role::default();
+        assert_eq!(
+            role.progress().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
+        let fence = Fence::fixed(3);
+        role.set(Some((Arc::new(Progress::default()), fence.clone())));
+        assert!(role.progress().is_ok());
+        // Lost, though the replicator has not yet given the role up.
+        fence.lost().cancel();
+        let refused = role.progress().unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unavailable);
+        assert!(refused.message().contains("standby"), "{refused:?}");
+    }
+}

@@ -607,3 +607,30 @@ async fn on_a_store_without_put_if_absent_a_second_consumer_refuses_to_run() {
     stop.cancel();
     keeping.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_handle_reads_the_transactions_another_committed_once_it_refreshes() {
+    let setup = setup().await;
+    let mut first = open_replica(&setup.storage, "replica").await.unwrap();
+    let fence = Fence::sole();
+    append_as(&mut first, &fence, 1).await.unwrap();
+    // Known from its own commit, then from the log at each version.
+    assert_eq!(first.committed_sequence("prod-a").await.unwrap(), 1);
+    assert_eq!(first.committed_sequence("prod-b").await.unwrap(), 0);
+
+    let mut second = open_replica(&setup.storage, "replica").await.unwrap();
+    assert_eq!(second.committed_sequence("prod-a").await.unwrap(), 1);
+    append_as(&mut second, &fence, 7).await.unwrap();
+    append_as(&mut second, &fence, 9).await.unwrap();
+
+    // The first handle's snapshot still says 1 until it reloads the table.
+    assert_eq!(first.committed_sequence("prod-a").await.unwrap(), 1);
+    first.refresh().await.unwrap();
+    assert_eq!(first.version(), second.version());
+    assert_eq!(first.committed_sequence("prod-a").await.unwrap(), 9);
+    // Its own next commit, on that snapshot, moves what it knows on.
+    append_as(&mut first, &fence, 10).await.unwrap();
+    assert_eq!(first.committed_sequence("prod-a").await.unwrap(), 10);
+    second.refresh().await.unwrap();
+    assert_eq!(second.committed_sequence("prod-a").await.unwrap(), 10);
+}
