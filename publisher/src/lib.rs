@@ -107,38 +107,51 @@ impl Publisher for PublisherService {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let rows = records.len() as u64;
-        let started = std::time::Instant::now();
-        let written = self
-            .master
-            .write_segment(&producer_id, sequence, Arc::from(records))
-            .await;
-        let result = match &written {
-            Ok(SegmentWrite::Created { .. }) => "created",
-            Ok(SegmentWrite::AlreadyPresent { .. }) => "already_present",
-            Err(Error::SegmentConflict { .. }) => "conflict",
-            Err(_) => "failed",
-        };
-        metrics::counter!(names::SEGMENTS_WRITTEN, "result" => result).increment(1);
-        metrics::histogram!(names::SEGMENT_WRITE_SECONDS).record(started.elapsed().as_secs_f64());
-        let written = written.map_err(AppendError::from)?;
-        let bytes = match &written {
-            SegmentWrite::Created { path, bytes } => {
-                tracing::debug!(path, rows, bytes, "segment written");
-                metrics::histogram!(names::SEGMENT_BYTES).record(*bytes as f64);
-                *bytes as u64
-            }
-            SegmentWrite::AlreadyPresent { path } => {
-                tracing::info!(path, rows, "retried batch was already stored");
-                0
-            }
-        };
-        self.announce(SegmentStoredRequest {
-            producer_id,
-            sequence,
-            segment_key: written.path().to_string(),
-            rows,
-            bytes,
-        });
+        // The write and its announcement run apart from the call: when the ingest node that
+        // asked dies mid-call (and tonic drops this future), a segment that lands is still
+        // announced, rather than waiting for the consumer's next listing (30 s by default).
+        let (master, consumer) = (self.master.clone(), self.consumer.clone());
+        let written = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let written = master
+                .write_segment(&producer_id, sequence, Arc::from(records))
+                .await;
+            let result = match &written {
+                Ok(SegmentWrite::Created { .. }) => "created",
+                Ok(SegmentWrite::AlreadyPresent { .. }) => "already_present",
+                Err(Error::SegmentConflict { .. }) => "conflict",
+                Err(_) => "failed",
+            };
+            metrics::counter!(names::SEGMENTS_WRITTEN, "result" => result).increment(1);
+            metrics::histogram!(names::SEGMENT_WRITE_SECONDS)
+                .record(started.elapsed().as_secs_f64());
+            let written = written?;
+            let bytes = match &written {
+                SegmentWrite::Created { path, bytes } => {
+                    tracing::debug!(path, rows, bytes, "segment written");
+                    metrics::histogram!(names::SEGMENT_BYTES).record(*bytes as f64);
+                    *bytes as u64
+                }
+                SegmentWrite::AlreadyPresent { path } => {
+                    tracing::info!(path, rows, "retried batch was already stored");
+                    0
+                }
+            };
+            announce(
+                consumer,
+                SegmentStoredRequest {
+                    producer_id,
+                    sequence,
+                    segment_key: written.path().to_string(),
+                    rows,
+                    bytes,
+                },
+            );
+            Ok::<_, Error>(written)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the segment write stopped: {e}")))?
+        .map_err(AppendError::from)?;
         Ok(Response::new(AppendResponse {
             segment_key: written.path().to_string(),
             rows,
@@ -314,22 +327,25 @@ impl PublisherService {
         Ok(self.letters.read(id).await.map_err(AppendError::from)?)
     }
 
-    /// Tells the consumer of a stored segment, in the background: the call has been answered
-    /// by then, and a lost announcement only delays replication until the consumer's next
-    /// listing.
+    /// [`announce`] to this publisher's consumer.
     fn announce(&self, segment: SegmentStoredRequest) {
-        let Some(consumer) = &self.consumer else {
-            return;
-        };
-        let mut consumer = consumer.clone();
-        tokio::spawn(async move {
-            let mut request = Request::new(segment);
-            request.set_timeout(Duration::from_secs(5));
-            if let Err(status) = consumer.segment_stored(request).await {
-                tracing::debug!(code = ?status.code(), message = status.message(), "consumer not told of a segment");
-            }
-        });
+        announce(self.consumer.clone(), segment);
     }
+}
+
+/// Tells the consumer of a stored segment, in the background: the call has been answered by
+/// then, and a lost announcement only delays replication until the consumer's next listing.
+fn announce(consumer: Option<ConsumerClient<Channel>>, segment: SegmentStoredRequest) {
+    let Some(mut consumer) = consumer else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut request = Request::new(segment);
+        request.set_timeout(Duration::from_secs(5));
+        if let Err(status) = consumer.segment_stored(request).await {
+            tracing::debug!(code = ?status.code(), message = status.message(), "consumer not told of a segment");
+        }
+    });
 }
 
 /// Only the process that made a producer id holds the secret its uuid commits to: a forged

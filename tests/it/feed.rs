@@ -629,7 +629,9 @@ async fn a_stream_from_the_feeds_version_gets_every_new_notification_once_in_ord
             ("SLUICE_CONSUMER_ADDR", consumer_addr.to_string()),
             ("SLUICE_REPLICATE_MAX_AGE_MS", "100".to_string()),
             ("SLUICE_REPLICA_REFRESH_MS", "100".to_string()),
-            ("SLUICE_LIST_INTERVAL_SECS", "2".to_string()),
+            // The default: a segment whose announcement were lost (the ingest node's kill
+            // cancelling the publisher's call) would wait this long for the next listing.
+            ("SLUICE_LIST_INTERVAL_SECS", "30".to_string()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
