@@ -262,7 +262,11 @@ impl Replica {
             .with_partition_columns([PARTITION_COLUMN])
             .with_writer_properties(writer)
             .with_commit_properties(
-                CommitProperties::default().with_application_transactions(transactions),
+                CommitProperties::default()
+                    .with_application_transactions(transactions)
+                    // Not at every commit: delta-rs lists the whole log for it, which made each
+                    // commit slower than the one before (maintenance cleans the log instead).
+                    .with_cleanup_expired_logs(Some(false)),
             )
             .await?;
         let version = self.version();
