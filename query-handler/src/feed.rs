@@ -376,6 +376,16 @@ impl Feed {
                     .retain(|entry| !Arc::ptr_eq(&entry.rows, &cell));
             })?
             .clone();
+        // Sized once, by the follower that finds it unsized; later ones only take the rows.
+        let to_size = self
+            .rows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|entry| Arc::ptr_eq(&entry.rows, &cell) && entry.size == 0);
+        if !to_size {
+            return Ok(rows);
+        }
         let size: usize = rows.iter().map(Message::encoded_len).sum();
         let mut cache = self.rows.lock().unwrap_or_else(|e| e.into_inner());
         let mut oversized = false;
