@@ -42,6 +42,12 @@ pub fn is_set() -> bool {
     SECRET.get().is_some()
 }
 
+/// The secret as the header value calls carry, if one is set: for clients that are not built
+/// on [`SendSecret`] (a boxed channel).
+pub fn secret() -> Option<AsciiMetadataValue> {
+    SECRET.get().cloned()
+}
+
 /// Adds the secret to every call a client makes (nothing when none is set).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SendSecret;

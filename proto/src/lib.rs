@@ -102,7 +102,10 @@ fn resolved_channel(name: String) -> tonic::transport::Channel {
     channel
 }
 
-fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+/// The endpoint every Sluice client dials `addr` (`host:port` or a URL) with: TLS when it is
+/// set, a 2 s connect timeout and HTTP/2 keep-alive (a peer gone without a reset is noticed
+/// within 15 s). It does not carry the cluster secret: [`cluster::secret`] is for that.
+pub fn endpoint(addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
     let scheme = tls::scheme();
     let url = match addr.split_once("://") {
         // With TLS on, an `http://` address is dialled as `https://`: never in clear.

@@ -92,6 +92,6 @@ pub(crate) fn client(endpoint: Endpoint) -> Result<Endpoint, tonic::transport::E
 }
 
 /// The scheme this process's clients dial.
-pub(crate) fn scheme() -> &'static str {
+pub fn scheme() -> &'static str {
     if is_set() { "https" } else { "http" }
 }

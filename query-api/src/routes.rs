@@ -173,6 +173,9 @@ fn meta(reply: &QueryReply) -> Value {
     if !reply.fallback.is_empty() {
         meta["fallback"] = reply.fallback.clone().into();
     }
+    if !reply.workers.is_empty() {
+        meta["distributed"] = json!({ "stages": reply.stages, "workers": reply.workers });
+    }
     if !reply.error.is_empty() {
         meta["error"] = reply.error.clone().into();
         meta["error_code"] = format!("{:?}", tonic::Code::from_i32(reply.error_code)).into();

@@ -31,6 +31,7 @@ use futures::{FutureExt, StreamExt};
 use crate::error::QueryError;
 use crate::rules::{self, FiredRules, RuleContext, RuleSwitches, RulesThenPlanner};
 use crate::snapshot::Snapshot;
+use sluice_telemetry::names;
 
 /// The name analysts query.
 pub const TABLE: &str = "notifications";
@@ -58,6 +59,9 @@ pub struct Limits {
     /// When the query's answer is due, if it has a deadline: a rerun without the rules
     /// ([`execute`]) must fit before it.
     pub deadline: Option<tokio::time::Instant>,
+    /// The query handlers a big query may run across ([`crate::distributed`]); None: this one
+    /// alone.
+    pub cluster: Option<crate::distributed::Cluster>,
 }
 
 /// A query's answer.
@@ -74,6 +78,10 @@ pub struct Answer {
     pub rules: Vec<String>,
     /// Why the query was answered without the handler's rules, if it was.
     pub fallback: String,
+    /// For a query that ran across query handlers: its stages, and the handlers (worker URLs)
+    /// that ran the tasks of its stages of more than one task. Empty when it ran here alone.
+    pub stages: usize,
+    pub workers: Vec<String>,
 }
 
 impl Answer {
@@ -82,6 +90,7 @@ impl Answer {
             + std::mem::size_of::<Self>()
             + self.rules.iter().map(String::len).sum::<usize>()
             + self.fallback.len()
+            + self.workers.iter().map(String::len).sum::<usize>()
     }
 
     #[cfg(test)]
@@ -93,6 +102,8 @@ impl Answer {
             cacheable: true,
             rules: Vec::new(),
             fallback: String::new(),
+            stages: 0,
+            workers: Vec::new(),
         }
     }
 }
@@ -208,20 +219,62 @@ fn unparenthesized_distinct_from(statement: &Statement) -> Option<String> {
 ///   starts), and the handler's aggregate does not spill. When both runs fail, the client gets
 ///   DataFusion's own error; a query that fails on its data (a division by zero) in a rewritten
 ///   plan therefore runs twice. The answer names the rules of the run that failed.
+///
+/// A query over enough of the replica, with other query handlers live, runs across them first
+/// ([`crate::distributed`]), without the rules that keep to one process. When a handler it ran
+/// on is lost, the query fails with [`QueryError::WorkerLost`]; when it fails otherwise (a
+/// plan the engine cannot send), it runs again here, as every other query.
 pub async fn execute(
     statement: Statement,
     snapshot: Arc<Snapshot>,
     limits: Limits,
 ) -> Result<Answer, QueryError> {
     let mut limits = limits;
-    let mut attempt = execute_once(statement.clone(), &snapshot, &limits).await;
+    if let Some(cluster) = limits.cluster.take()
+        && snapshot
+            .bytes()
+            .is_some_and(|bytes| cluster.worth_it(bytes))
+    {
+        let mut distributed = limits.clone();
+        let local_only = crate::distributed::LOCAL_ONLY_RULES.map(String::from);
+        rules::turn_off(distributed.session.options_mut(), &local_only)?;
+        let attempt =
+            execute_once(statement.clone(), &snapshot, &distributed, Some(&cluster)).await;
+        let outcome = match &attempt.outcome {
+            Ok(answer) if answer.workers.is_empty() => "local",
+            Ok(_) => "ok",
+            Err(_) => "error",
+        };
+        metrics::counter!(names::QUERIES_DISTRIBUTED, "outcome" => outcome).increment(1);
+        match attempt.outcome {
+            Ok(answer) => return Ok(answer),
+            Err(error @ QueryError::WorkerLost(_)) => {
+                tracing::warn!(%error, "a query handler was lost during a distributed query");
+                cluster.check_members().await;
+                return Err(error);
+            }
+            Err(
+                error @ (QueryError::NotReadOnly(_)
+                | QueryError::ResultTooLarge(_)
+                | QueryError::Timeout(_)
+                | QueryError::Unavailable(_)),
+            ) => return Err(error),
+            // A plan the engine cannot send (an operator of the handler's own, such as a
+            // series, in a stage that runs elsewhere), or a query that fails anyway: here, it
+            // gets the answer or the error it would get without the cluster.
+            Err(error) => {
+                tracing::info!(%error, "the distributed run failed; running the query here");
+            }
+        }
+    }
+    let mut attempt = execute_once(statement.clone(), &snapshot, &limits, None).await;
     if let Err(QueryError::GaveUp(reason)) = &attempt.outcome {
         tracing::info!(
             reason,
             "running the query again without numbering its groups"
         );
         rules::turn_off(limits.session.options_mut(), &["number_groups".to_string()])?;
-        attempt = execute_once(statement.clone(), &snapshot, &limits).await;
+        attempt = execute_once(statement.clone(), &snapshot, &limits, None).await;
     }
     let (error, failed_rules) = match attempt {
         Attempt {
@@ -246,7 +299,7 @@ pub async fn execute(
     }
     let mut plainly = limits.clone();
     rules::turn_off(plainly.session.options_mut(), &RuleSwitches::names())?;
-    let rerun = execute_once(statement, &snapshot, &plainly);
+    let rerun = execute_once(statement, &snapshot, &plainly, None);
     let rerun = match remaining {
         Some(left) => match tokio::time::timeout(left - RERUN_MARGIN, rerun).await {
             Ok(attempt) => attempt,
@@ -273,8 +326,13 @@ struct Attempt {
     rules: Vec<String>,
 }
 
-async fn execute_once(statement: Statement, snapshot: &Arc<Snapshot>, limits: &Limits) -> Attempt {
-    let ctx = match session(snapshot, limits) {
+async fn execute_once(
+    statement: Statement,
+    snapshot: &Arc<Snapshot>,
+    limits: &Limits,
+    cluster: Option<&crate::distributed::Cluster>,
+) -> Attempt {
+    let ctx = match session_on(snapshot, limits, cluster) {
         Ok(ctx) => ctx,
         Err(error) => {
             return Attempt {
@@ -286,6 +344,24 @@ async fn execute_once(statement: Statement, snapshot: &Arc<Snapshot>, limits: &L
     // A panic in a rule or in one of the handler's operators fails the query, not the task,
     // so that the query can run again without them.
     let run = AssertUnwindSafe(run_once(&ctx, statement, snapshot, limits)).catch_unwind();
+    let lost = async {
+        let routed = ctx
+            .state()
+            .config()
+            .get_extension::<crate::distributed::Routed>();
+        match (cluster, routed) {
+            (Some(cluster), Some(routed)) => cluster.until_lost(&routed).await,
+            _ => std::future::pending().await,
+        }
+    };
+    let run = async {
+        tokio::select! {
+            outcome = run => outcome,
+            worker = lost => Ok(Err(QueryError::WorkerLost(format!(
+                "{worker} left the cluster while it ran tasks of the query"
+            )))),
+        }
+    };
     let outcome = match run.await {
         Ok(outcome) => outcome,
         Err(panic) => {
@@ -342,6 +418,12 @@ async fn run_once(
         }
     }
     writer.finish()?;
+    let (stages, workers) = ctx
+        .state()
+        .config()
+        .get_extension::<crate::distributed::Routed>()
+        .map(|routed| routed.stages_and_workers())
+        .unwrap_or_default();
     Ok(Answer {
         ipc: writer.into_inner()?,
         rows,
@@ -349,6 +431,8 @@ async fn run_once(
         cacheable,
         rules: Vec::new(),
         fallback: String::new(),
+        stages: if workers.is_empty() { 0 } else { stages },
+        workers,
     })
 }
 
@@ -416,6 +500,15 @@ const LEAF_PUSHDOWN_RULES: [&str; 2] = [
 /// rules ([`rules`]) as the session's switches say, and the replica snapshot registered as
 /// `notifications`, read by the handler's own scan unless `sluice.dictionary_scan` is off.
 pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionContext, QueryError> {
+    session_on(snapshot, limits, None)
+}
+
+/// [`session`], planned across `cluster` when one is given.
+fn session_on(
+    snapshot: &Arc<Snapshot>,
+    limits: &Limits,
+    cluster: Option<&crate::distributed::Cluster>,
+) -> Result<SessionContext, QueryError> {
     let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(limits.memory_bytes));
     let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(Arc::clone(&pool));
     runtime.disk_manager = limits.spill.clone();
@@ -432,7 +525,11 @@ pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionConte
         max_numbered_strings: limits.max_numbered_strings,
         fired: Arc::default(),
     };
-    let config = config.with_extension(Arc::clone(&context.fired));
+    let mut config = config.with_extension(Arc::clone(&context.fired));
+    let routed = Arc::new(crate::distributed::Routed::default());
+    if cluster.is_some() {
+        config = config.with_extension(Arc::clone(&routed));
+    }
     // Each physical rule follows DataFusion's own (`with_physical_optimizer_rules` would
     // replace those).
     let state = rules::physical(&context).into_iter().fold(
@@ -443,7 +540,11 @@ pub fn session(snapshot: &Arc<Snapshot>, limits: &Limits) -> Result<SessionConte
             .with_query_planner(Arc::new(RulesThenPlanner::new(rules::logical(&context)))),
         |builder, rule| builder.with_physical_optimizer_rule(rule),
     );
-    let state = state.build();
+    let state = match cluster {
+        Some(cluster) => cluster.distribute(state, routed)?,
+        None => state,
+    }
+    .build();
     let ctx = SessionContext::new_with_state(state);
     for (name, function) in crate::series::bounded(limits.max_series_rows) {
         ctx.register_udtf(name, function);

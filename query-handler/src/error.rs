@@ -32,12 +32,21 @@ pub enum QueryError {
     Timeout(u64),
     #[error("the replica cannot be read yet: {0}")]
     Unavailable(String),
+    /// A query handler that ran part of a distributed query went away (or could not be
+    /// reached) while it ran. Retrying is safe: the next run leaves it out.
+    #[error(
+        "a query handler that ran part of this query failed ({0}); try again: the next run leaves it out"
+    )]
+    WorkerLost(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
 impl From<DataFusionError> for QueryError {
     fn from(error: DataFusionError) -> Self {
+        if let Some(lost) = worker_lost(&error) {
+            return QueryError::WorkerLost(lost);
+        }
         if NumberingGaveUp::caused(&error) {
             return QueryError::GaveUp(error.find_root().to_string());
         }
@@ -75,6 +84,48 @@ impl From<DataFusionError> for QueryError {
     }
 }
 
+/// What went wrong when `error` is a failure to reach a worker of a distributed query, or its
+/// stream breaking: the engine gives those as the gRPC status of the call (a task that fails on
+/// its data comes back as DataFusion's own error instead), or as a failure to connect.
+fn worker_lost(error: &DataFusionError) -> Option<String> {
+    match error {
+        DataFusionError::Context(context, _)
+            if context.contains("Distributed DataFusion worker") =>
+        {
+            Some(context.clone())
+        }
+        DataFusionError::Context(_, inner) => worker_lost(inner),
+        DataFusionError::Shared(inner) => worker_lost(inner),
+        DataFusionError::External(inner) => {
+            if let Some(status) = inner.downcast_ref::<Status>() {
+                Some(format!("{:?}: {}", status.code(), status.message()))
+            } else {
+                inner
+                    .downcast_ref::<DataFusionError>()
+                    .and_then(worker_lost)
+            }
+        }
+        DataFusionError::ArrowError(arrow, _) => match arrow.as_ref() {
+            ArrowError::ExternalError(inner) => {
+                if let Some(status) = inner.downcast_ref::<Status>() {
+                    Some(format!("{:?}: {}", status.code(), status.message()))
+                } else {
+                    inner
+                        .downcast_ref::<DataFusionError>()
+                        .and_then(worker_lost)
+                }
+            }
+            _ => None,
+        },
+        DataFusionError::Execution(message)
+            if message.contains("Distributed DataFusion worker") =>
+        {
+            Some(message.clone())
+        }
+        _ => None,
+    }
+}
+
 impl From<ArrowError> for QueryError {
     fn from(error: ArrowError) -> Self {
         QueryError::Internal(error.to_string())
@@ -92,7 +143,7 @@ impl QueryError {
                 tonic::Code::ResourceExhausted
             }
             QueryError::Timeout(_) => tonic::Code::DeadlineExceeded,
-            QueryError::Unavailable(_) => tonic::Code::Unavailable,
+            QueryError::Unavailable(_) | QueryError::WorkerLost(_) => tonic::Code::Unavailable,
             QueryError::Internal(_) => tonic::Code::Internal,
         }
     }

@@ -25,6 +25,7 @@
 //! that waits for a slot or runs past its timeout is cancelled and answered DEADLINE_EXCEEDED.
 
 pub mod cache;
+pub mod distributed;
 pub mod engine;
 pub mod error;
 pub mod feed;
@@ -137,6 +138,8 @@ pub struct Config {
     /// small GET each time): the most it adds to a notification's way to the feed.
     #[arg(long, env = "SLUICE_FEED_POLL_MS", default_value_t = 100)]
     pub feed_poll_ms: u64,
+    #[command(flatten)]
+    pub distributed: distributed::DistributedConfig,
 }
 
 impl Config {
@@ -159,6 +162,12 @@ impl Config {
                 .to_vec(),
             query_rules_off: Vec::new(),
             feed_poll_ms: 50,
+            distributed: distributed::DistributedConfig {
+                query_workers: Vec::new(),
+                query_advertise_addr: None,
+                distribute_min_bytes: 256 << 20,
+                distribute_bytes_per_task: 128 << 20,
+            },
         }
     }
 
@@ -223,6 +232,7 @@ impl Config {
             low_cardinality: self.low_cardinality_columns.clone().into(),
             max_numbered_strings: rules::number_groups::MAX_NUMBERED,
             deadline: None,
+            cluster: None,
         })
     }
 }
@@ -303,6 +313,8 @@ struct Inner {
     /// This handler's own counts for `Stats` (the gauges are the process's, shared by every
     /// handler in `sluice all`).
     counts: QueryCounts,
+    /// The query handlers big queries run across, once [`serve`] has joined them.
+    cluster: std::sync::OnceLock<distributed::Cluster>,
 }
 
 #[derive(Default)]
@@ -360,6 +372,7 @@ impl QueryHandlerService {
                     Duration::from_millis(config.feed_poll_ms.max(10)),
                 ),
                 counts: QueryCounts::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         };
         let inner = Arc::downgrade(&service.inner);
@@ -369,6 +382,27 @@ impl QueryHandlerService {
             }
         });
         Ok(service)
+    }
+
+    /// Runs big queries across `cluster` from now on (once; a second cluster is ignored).
+    pub fn join(&self, cluster: distributed::Cluster) {
+        let _ = self.inner.cluster.set(cluster);
+    }
+
+    /// The runtime a worker of the distributed engine runs other handlers' tasks in: the
+    /// memory of every query slot, and this handler's spill space.
+    fn worker_runtime(
+        &self,
+    ) -> anyhow::Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
+        let limits = &self.inner.limits;
+        let slots = self.inner.slots.available_permits().max(1);
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(
+            limits.memory_bytes.saturating_mul(slots),
+        );
+        let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(pool));
+        runtime.disk_manager = limits.spill.clone();
+        Ok(runtime.build_arc()?)
     }
 
     /// Called when the replica moves on: answers of older versions can never be served again.
@@ -490,6 +524,7 @@ impl QueryHandlerService {
             let _running = Counted::new(names::QUERIES_RUNNING, &inner.counts.running);
             let limits = engine::Limits {
                 deadline: Some(deadline),
+                cluster: inner.cluster.get().cloned(),
                 ..inner.limits.clone()
             };
             let work = inner
@@ -594,6 +629,8 @@ fn reply(answered: &Answered) -> QueryReply {
         sql: answered.sql.clone(),
         rules: answer.rules.clone(),
         fallback: answer.fallback.clone(),
+        workers: answer.workers.clone(),
+        stages: answer.stages as u32,
         ..QueryReply::default()
     }
 }
@@ -839,6 +876,20 @@ pub async fn serve(
         &config.low_cardinality_columns,
     ));
     let service = QueryHandlerService::new(replica.clone(), &config)?;
+    let worker = if config.distributed.is_on() {
+        let cluster = distributed::Cluster::start(
+            &config.distributed,
+            listener.local_addr()?,
+            Arc::clone(&replica),
+            service.worker_runtime()?,
+            shutdown.clone(),
+        )?;
+        let worker = cluster.worker().clone().into_worker_server();
+        service.join(cluster);
+        Some(sluice_proto::cluster::guarded(worker))
+    } else {
+        None
+    };
     let following = tokio::spawn(replica.follow(
         Duration::from_millis(config.replica_refresh_ms.max(10)),
         shutdown.clone(),
@@ -872,6 +923,7 @@ pub async fn serve(
                 .max_decoding_message_size(sluice_proto::MAX_MESSAGE_BYTES),
         ))
         .add_optional_service(flight)
+        .add_optional_service(worker)
         .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
         .await?;
     following.await?;

@@ -198,6 +198,17 @@ impl ReplicaTable {
         }))
     }
 
+    /// The bytes of every file of this version, by the Delta log.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|file| file.object_meta.size).sum()
+    }
+
+    /// Registers the table's store in `runtime`, where a plan that reads its files (one that
+    /// came over the wire to a worker) finds it.
+    pub fn register_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+        runtime.register_object_store(self.store_url.as_ref(), Arc::clone(&self.store));
+    }
+
     /// Whether `filter` is decided by the partition values alone, the same for every row of a
     /// file.
     fn on_partitions(&self, filter: &Expr) -> bool {

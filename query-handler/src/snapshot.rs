@@ -36,6 +36,25 @@ impl std::fmt::Debug for Snapshot {
 }
 
 impl Snapshot {
+    /// The handler's own scan of this version, when it reads it.
+    fn own_scan(&self) -> Option<&crate::scan::ReplicaTable> {
+        self.provider.downcast_ref::<crate::scan::ReplicaTable>()
+    }
+
+    /// The bytes of this version's files, when the handler's own scan reads it (only its plans
+    /// cross the wire to other query handlers).
+    pub fn bytes(&self) -> Option<u64> {
+        self.own_scan().map(crate::scan::ReplicaTable::bytes)
+    }
+
+    /// Registers the replica's store in `runtime` (a worker's), when the handler's own scan
+    /// reads this version.
+    pub fn register_store(&self, runtime: &datafusion::execution::runtime_env::RuntimeEnv) {
+        if let Some(scan) = self.own_scan() {
+            scan.register_store(runtime);
+        }
+    }
+
     /// Whether `scan` reads this snapshot's table, through either provider.
     pub fn is_read_by(&self, scan: &TableScan) -> bool {
         source_as_provider(&scan.source).is_ok_and(|provider| {

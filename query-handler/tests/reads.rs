@@ -99,6 +99,7 @@ fn limits() -> Limits {
         low_cardinality: Arc::from([]),
         max_numbered_strings: sluice_query_handler::rules::number_groups::MAX_NUMBERED,
         deadline: None,
+        cluster: None,
     }
 }
 

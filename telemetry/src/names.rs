@@ -53,6 +53,8 @@ pub const QUERIES_WAITING: &str = "sluice_queries_waiting";
 pub const QUERIES_RUNNING: &str = "sluice_queries_running";
 pub const QUERY_SECONDS: &str = "sluice_query_seconds";
 pub const QUERY_TIMEOUTS: &str = "sluice_query_timeouts_total";
+pub const QUERY_WORKERS: &str = "sluice_query_workers";
+pub const QUERIES_DISTRIBUTED: &str = "sluice_queries_distributed_total";
 
 /// A series: its name, unit and HELP text.
 type Series = (&'static str, Unit, &'static str);
@@ -132,6 +134,11 @@ const COUNTERS: &[Series] = &[
         "Queries answered from the result cache (hit) or run (miss)",
     ),
     (QUERY_TIMEOUTS, Count, "Queries stopped by their time limit"),
+    (
+        QUERIES_DISTRIBUTED,
+        Count,
+        "Queries this handler ran across several query handlers, by outcome",
+    ),
 ];
 
 const GAUGES: &[Series] = &[
@@ -179,6 +186,11 @@ const GAUGES: &[Series] = &[
         "Queries waiting for a slot (yellow)",
     ),
     (QUERIES_RUNNING, Count, "Queries running (yellow)"),
+    (
+        QUERY_WORKERS,
+        Count,
+        "Query handlers live for distributed queries, this one included",
+    ),
 ];
 
 const HISTOGRAMS: &[Series] = &[

@@ -241,7 +241,15 @@ async fn a_standby_consumer_takes_over_and_a_paused_one_never_commits_again() {
         "a stale committer committed: {epochs:?}"
     );
     let last_epoch = epochs.last().unwrap().1;
-    assert!(last_epoch >= 3, "three terms at least: {epochs:?}");
+    assert!(
+        last_epoch >= 3,
+        "three terms at least: {epochs:?}\n{}",
+        consumers
+            .iter()
+            .map(Sluice::log_text)
+            .collect::<Vec<_>>()
+            .join("\n----\n")
+    );
 
     // Each notification once.
     let ctx = deltalake::datafusion::prelude::SessionContext::new();

@@ -9,6 +9,7 @@ mod compose;
 mod console;
 mod dead_letters;
 mod differential;
+mod distributed;
 mod faults;
 mod feed;
 mod flight_sql;

@@ -17,30 +17,73 @@ use crate::support::{
     All, BUCKET, S3Server, Sluice, free_addr, get_json, python, start_all, wait_for_port,
 };
 
-/// A query handler and a query API, as separate processes, over the S3 server's replica.
+/// Query handlers and a query API, as separate processes, over the S3 server's replica.
 pub(crate) struct ReadSide {
-    _handler: Sluice,
+    pub(crate) handlers: Vec<Sluice>,
     _api: Sluice,
     pub(crate) api: SocketAddr,
-    /// The query handler's gRPC port, which also serves Flight SQL.
+    /// The first query handler's gRPC port, which also serves Flight SQL; the query API asks
+    /// it alone.
     pub(crate) handler_addr: SocketAddr,
+    /// Every query handler's gRPC port, in the order of `handlers`.
+    pub(crate) handler_addrs: Vec<SocketAddr>,
 }
 
+/// One query handler and a query API.
 pub(crate) async fn start_read_side(
     s3: &S3Server,
     dir: &Path,
     settings: &[(&str, &str)],
 ) -> ReadSide {
-    let handler_addr = free_addr();
+    start_read_side_on(s3, dir, settings, 1).await
+}
+
+/// `handlers` query handlers and a query API that asks the first. With more than one, they
+/// run big queries together (`SLUICE_QUERY_WORKERS`), the first coordinating.
+pub(crate) async fn start_read_side_on(
+    s3: &S3Server,
+    dir: &Path,
+    settings: &[(&str, &str)],
+    handlers: usize,
+) -> ReadSide {
+    let handler_addrs: Vec<SocketAddr> = (0..handlers).map(|_| free_addr()).collect();
     let api = free_addr();
     let mut env = s3.env();
-    env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), handler_addr.to_string()));
     env.push(("SLUICE_QUERY_ADDR".into(), api.to_string()));
     env.push(("SLUICE_REPLICA_REFRESH_MS".into(), "100".into()));
+    if handlers > 1 {
+        let workers: Vec<String> = handler_addrs.iter().map(ToString::to_string).collect();
+        env.push(("SLUICE_QUERY_WORKERS".into(), workers.join(",")));
+    }
     env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    let handler = Sluice::spawn(&["query-handler"], &env, dir, "query-handler");
-    let api_process = Sluice::spawn(&["query-api"], &env, dir, "query-api");
-    wait_for_port(handler_addr, &handler).await;
+    let handler_env = |addr: SocketAddr| {
+        let mut env = env.clone();
+        env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), addr.to_string()));
+        env
+    };
+    let mut processes = Vec::new();
+    for (i, addr) in handler_addrs.iter().enumerate() {
+        let name = if i == 0 {
+            "query-handler".to_string()
+        } else {
+            format!("query-handler-{i}")
+        };
+        processes.push(Sluice::spawn(
+            &["query-handler"],
+            &handler_env(*addr),
+            dir,
+            &name,
+        ));
+    }
+    let api_process = Sluice::spawn(
+        &["query-api"],
+        &handler_env(handler_addrs[0]),
+        dir,
+        "query-api",
+    );
+    for (addr, process) in handler_addrs.iter().zip(&processes) {
+        wait_for_port(*addr, process).await;
+    }
     wait_for_port(api, &api_process).await;
     // The handler answers 503 until it has loaded the replica.
     let client = crate::support::client();
@@ -53,15 +96,16 @@ pub(crate) async fn start_read_side(
         assert!(
             status == 503 && Instant::now() < deadline,
             "{status} {body}\n{}",
-            handler.log_text()
+            processes[0].log_text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     ReadSide {
-        _handler: handler,
+        handlers: processes,
         _api: api_process,
         api,
-        handler_addr,
+        handler_addr: handler_addrs[0],
+        handler_addrs,
     }
 }
 

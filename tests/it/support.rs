@@ -78,6 +78,27 @@ impl S3Server {
         let mut builder = s3s::service::S3ServiceBuilder::new(fs);
         builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
         let service = builder.build();
+        // s3s-fs checks `If-None-Match: *` and `If-Match` before it writes, not atomically with
+        // the write: two conditional writes of one key at once can both pass (seen: two
+        // consumers both creating lease epoch 1). S3 and MinIO decide them atomically; here they
+        // take turns.
+        let conditional = Arc::new(tokio::sync::Mutex::new(()));
+        let service = hyper::service::service_fn(
+            move |request: axum::http::Request<hyper::body::Incoming>| {
+                let (service, conditional) = (service.clone(), Arc::clone(&conditional));
+                async move {
+                    let headers = request.headers();
+                    let _turn = if headers.contains_key(axum::http::header::IF_NONE_MATCH)
+                        || headers.contains_key(axum::http::header::IF_MATCH)
+                    {
+                        Some(conditional.lock_owned().await)
+                    } else {
+                        None
+                    };
+                    hyper::service::Service::call(&service, request).await
+                }
+            },
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let task = tokio::spawn(async move {
