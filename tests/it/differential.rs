@@ -35,7 +35,7 @@ use sluice_core::Notification;
 use sluice_core::segment::{Segment, SegmentHeader};
 
 use crate::analyst::{columns_and_rows, file_list, live_files};
-use crate::read_path::start_read_side;
+use crate::read_path::start_read_side_on;
 use crate::support::{BUCKET, S3Server, python, run_python};
 
 /// Failures of the handler's rules that are DataFusion's, not a rule's, where the handler
@@ -420,8 +420,10 @@ struct Figures {
 }
 
 /// Builds the table, generates `count` queries for each seed, runs them on the three engines
-/// and compares; panics with the comparer's report when any query differs or errs.
-async fn run_differential(seeds: &[u64], count: usize) -> Figures {
+/// and compares; panics with the comparer's report when any query differs or errs. With
+/// `handlers` above one, Sluice is that many query handlers that run every query they can
+/// together (docs/distributed.md), and most answers must say they did.
+async fn run_differential(seeds: &[u64], count: usize, handlers: usize) -> Figures {
     let started = Instant::now();
     let s3 = S3Server::start().await;
     s3.create_bucket(BUCKET);
@@ -430,13 +432,17 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
     let rows = load(&mut replica).await;
     let dir = tempfile::tempdir().unwrap();
     // The cache serves the Arrow and CSV answers of a query after its JSON one.
-    let read = start_read_side(
+    let read = start_read_side_on(
         &s3,
         dir.path(),
         &[
             ("SLUICE_QUERY_MAX_RESULT_ROWS", "100000"),
             ("SLUICE_QUERY_TIMEOUT_MS", "120000"),
+            // Every query over any file is distributed, in tasks of 64 KiB of files.
+            ("SLUICE_DISTRIBUTE_MIN_BYTES", "1"),
+            ("SLUICE_DISTRIBUTE_BYTES_PER_TASK", "65536"),
         ],
+        handlers,
     )
     .await;
     let files = live_files(&replica, &s3.bucket_dir(BUCKET), BUCKET);
@@ -479,6 +485,7 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
         let mut plain = serde_json::Map::new();
         let mut format_problems = Vec::new();
         let mut fallbacks = Vec::new();
+        let mut distributed = 0;
         let (mut first_seconds, mut cached_formats, mut formats) = (0.0, 0, 0);
         let (mut in_sluice, mut in_datafusion) = (0.0, 0.0);
         for (name, sql) in &generated {
@@ -495,6 +502,12 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
             let body: Value = response.json().await.unwrap();
             if let Some(reason) = body["fallback"].as_str() {
                 fallbacks.push(format!("{name}: {reason}"));
+            }
+            if body["distributed"]["workers"]
+                .as_array()
+                .is_some_and(|workers| workers.len() > 1)
+            {
+                distributed += 1;
             }
             if status.is_success() {
                 sluice.insert(name.clone(), columns_and_rows(&body));
@@ -599,13 +612,20 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
             String::from_utf8_lossy(&compared.stderr)
         );
         let summary = format!(
-            "{}; {} answered without the handler's rules",
+            "{}; {} answered without the handler's rules; {distributed} ran on more than one \
+             of {handlers} handlers",
             report
                 .lines()
                 .rfind(|l| l.starts_with("differential:"))
                 .unwrap_or_default(),
             fallbacks.len()
         );
+        if handlers > 1 {
+            assert!(
+                distributed * 2 >= count,
+                "seed {seed}: only {distributed} of {count} queries ran on more than one handler"
+            );
+        }
         for fallback in &fallbacks {
             eprintln!("fallback {fallback}");
         }
@@ -629,7 +649,7 @@ async fn run_differential(seeds: &[u64], count: usize) -> Figures {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn generated_queries_get_the_answers_of_datafusion_and_duckdb_in_every_format() {
-    let figures = run_differential(&[1, 2], 150).await;
+    let figures = run_differential(&[1, 2], 150, 1).await;
     assert_eq!(figures.queries, 300);
     eprintln!(
         "differential: {} queries in {:.0} s\n{}",
@@ -637,8 +657,21 @@ async fn generated_queries_get_the_answers_of_datafusion_and_duckdb_in_every_for
     );
 }
 
+/// The same queries on three query handlers that run them together: each answer is the one of
+/// DataFusion alone and (but for the dialect rules) of DuckDB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn generated_queries_across_three_handlers_get_the_answers_of_datafusion_and_duckdb() {
+    let figures = run_differential(&[3], 80, 3).await;
+    assert_eq!(figures.queries, 80);
+    eprintln!(
+        "differential, three handlers: {} queries in {:.0} s\n{}",
+        figures.queries, figures.seconds, figures.summary
+    );
+}
+
 /// The long run: `SLUICE_DIFF_QUERIES` queries (5,000 by default) for each seed of
-/// `SLUICE_DIFF_SEED` (comma-separated; a time-based one by default).
+/// `SLUICE_DIFF_SEED` (comma-separated; a time-based one by default), on
+/// `SLUICE_DIFF_HANDLERS` query handlers (1 by default) that run them together.
 ///
 /// ```sh
 /// SLUICE_DIFF_SEED=11,12 SLUICE_DIFF_QUERIES=2500 cargo test --test it differential_soak -- --ignored --nocapture
@@ -660,7 +693,10 @@ async fn differential_soak() {
     let count = std::env::var("SLUICE_DIFF_QUERIES")
         .ok()
         .map_or(5_000, |n| n.parse().unwrap());
-    let figures = run_differential(&seeds, count).await;
+    let handlers = std::env::var("SLUICE_DIFF_HANDLERS")
+        .ok()
+        .map_or(1, |n| n.parse().unwrap());
+    let figures = run_differential(&seeds, count, handlers).await;
     println!(
         "differential soak: {} queries in {:.0} s\n{}",
         figures.queries, figures.seconds, figures.summary
