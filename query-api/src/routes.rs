@@ -77,7 +77,7 @@ fn worth_another_handler(status: &Status) -> bool {
         (status = 413, description = "The body is larger than accepted", body = ErrorBody),
         (status = 422, description = "The answer would be larger than allowed, or the query needs more memory than its limit", body = ErrorBody),
         (status = 504, description = "The query did not finish within its timeout", body = ErrorBody),
-        (status = 503, description = "No query handler can answer now, or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
+        (status = 503, description = "No query handler can answer now, a query handler that ran part of a distributed query was lost (retry: the next run leaves it out), or the API is at its in-flight limit; see Retry-After", body = ErrorBody),
         KeyRefusals
     ))]
 pub(crate) async fn post_query(

@@ -85,8 +85,20 @@ fn kubernetes_manifests_validate_and_name_real_settings() {
         let container = &pod["containers"][0];
         let subcommand = container["args"][0].as_str().unwrap().to_string();
         let help = help(&subcommand);
-        for variable in container["env"].as_sequence().unwrap() {
+        let env = container["env"].as_sequence().unwrap();
+        for variable in env {
             let key = variable["name"].as_str().unwrap();
+            // A pod's own field (its IP) is no setting: it is there for a setting's value.
+            if !has_setting(&help, key) && !variable["valueFrom"]["fieldRef"].is_null() {
+                let reference = format!("$({key})");
+                assert!(
+                    env.iter().any(|v| v["value"]
+                        .as_str()
+                        .is_some_and(|value| value.contains(&reference))),
+                    "{name}: {key} is a field of the pod that no setting uses"
+                );
+                continue;
+            }
             assert!(
                 has_setting(&help, key),
                 "{name}: sluice {subcommand} has no setting {key}"
