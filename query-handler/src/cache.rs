@@ -147,19 +147,21 @@ mod tests {
 
     #[test]
     fn the_budget_pushes_out_the_oldest_entries() {
-        let cache = ResultCache::new(1_000, Duration::from_secs(60));
+        // Room for five entries, not six.
+        let budget = answer(150).size_bytes() * 6 - 1;
+        let cache = ResultCache::new(budget, Duration::from_secs(60));
         for i in 0..5 {
             assert!(cache.insert((format!("q{i}"), 1), answer(150)));
         }
         assert!(cache.insert(("q5".into(), 1), answer(150)));
-        assert!(cache.used_bytes() <= 1_000);
+        assert!(cache.used_bytes() <= budget);
         assert!(
             cache.get(&("q0".into(), 1)).is_none(),
             "the oldest went first"
         );
         assert!(cache.get(&("q5".into(), 1)).is_some());
         assert!(
-            !cache.insert(("big".into(), 1), answer(300)),
+            !cache.insert(("big".into(), 1), answer(budget / 4)),
             "over a quarter"
         );
     }
