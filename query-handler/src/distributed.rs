@@ -449,6 +449,77 @@ impl ChannelResolver for Channels {
     }
 }
 
+/// A service whose calls, and the streams of their answers, run on `runtime`: the worker
+/// service on the handler's query runtime, so that other handlers' tasks use the cores queries
+/// use and leave the gRPC runtime (health, Flight SQL, the feed) responsive, as the handler's
+/// own queries do.
+#[derive(Clone)]
+pub struct OnRuntime<S> {
+    inner: S,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<S> OnRuntime<S> {
+    pub fn new(inner: S, runtime: tokio::runtime::Handle) -> Self {
+        OnRuntime { inner, runtime }
+    }
+}
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for OnRuntime<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tower::Service<HttpRequest> for OnRuntime<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = std::convert::Infallible;
+    type Future = futures::future::BoxFuture<'static, Result<HttpResponse, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The clone each call takes is made ready in the call.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+
+        let (inner, runtime) = (self.inner.clone(), self.runtime.clone());
+        Box::pin(async move {
+            let answered = runtime.spawn(async move { inner.oneshot(request).await });
+            let Ok(Ok(response)) = answered.await else {
+                return Ok(tonic::Status::internal("a worker call ended abruptly").into_http());
+            };
+            let (parts, mut body) = response.into_parts();
+            let (frames, received) = tokio::sync::mpsc::channel(2);
+            runtime.spawn(async move {
+                while let Some(frame) = body.frame().await {
+                    if frames.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            let stream = futures::stream::unfold(received, |mut received| async move {
+                received.recv().await.map(|frame| (frame, received))
+            });
+            let body = tonic::body::Body::new(http_body_util::StreamBody::new(stream));
+            Ok(HttpResponse::from_parts(parts, body))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

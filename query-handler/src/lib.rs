@@ -283,6 +283,14 @@ impl QueryRuntime {
         Ok(QueryRuntime(Some(runtime)))
     }
 
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("runtime until drop")
+            .handle()
+            .clone()
+    }
+
     /// Runs `work` on the query runtime; dropping the handle cancels it.
     fn spawn<T: Send + 'static>(
         &self,
@@ -884,7 +892,10 @@ pub async fn serve(
             service.worker_runtime()?,
             shutdown.clone(),
         )?;
-        let worker = cluster.worker().clone().into_worker_server();
+        let worker = distributed::OnRuntime::new(
+            cluster.worker().clone().into_worker_server(),
+            service.inner.runtime.handle(),
+        );
         service.join(cluster);
         Some(sluice_proto::cluster::guarded(worker))
     } else {

@@ -81,7 +81,7 @@ fn compare(dir: &std::path::Path, label: &str, expected: &std::path::Path, actua
 /// Counts the notifications per platform until the answer ran on more than one handler: a
 /// handler that has not loaded the replica yet cannot take a task, and the query then runs on
 /// the coordinator alone. Each try's SQL differs, so that none is a cache hit.
-async fn until_distributed(api: std::net::SocketAddr) -> Value {
+async fn until_distributed(api: std::net::SocketAddr) -> (Value, String) {
     let client = crate::support::client();
     let deadline = Instant::now() + Duration::from_secs(60);
     for attempt in 0.. {
@@ -89,7 +89,7 @@ async fn until_distributed(api: std::net::SocketAddr) -> Value {
         let (status, answer) = query(&client, api, json!({"sql": sql})).await;
         assert!(status.is_success(), "{status} {answer}");
         if workers_of(&answer).len() > 1 {
-            return answer;
+            return (answer, sql);
         }
         assert!(
             Instant::now() < deadline,
@@ -134,11 +134,29 @@ async fn three_handlers_answer_the_analyst_suite_as_one_handler_and_duckdb_do() 
         &[("SLUICE_QUERY_TIMEOUT_MS", "300000")],
     )
     .await;
-    let first = until_distributed(together.api).await;
+    let (first, first_sql) = until_distributed(together.api).await;
     assert_eq!(total(&first), 300_000, "{first}");
     assert!(
         first["distributed"]["stages"].as_u64().unwrap() >= 2,
         "{first}"
+    );
+
+    // The cache and the limits hold as for a local query: a repeat is the cache's answer, and
+    // a result over the row limit is refused.
+    let client = crate::support::client();
+    let (_, again) = query(&client, together.api, json!({"sql": first_sql})).await;
+    assert_eq!(again["cached"], true, "{again}");
+    assert_eq!(again["rows"], first["rows"]);
+    let (status, refused) = query(
+        &client,
+        together.api,
+        json!({"sql": "SELECT id FROM notifications WHERE platform <> 'none'"}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("more than"),
+        "{refused}"
     );
 
     let (distributed, answers) = run_suite(together.api).await;
