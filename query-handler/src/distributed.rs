@@ -61,6 +61,9 @@ pub const MEMBERSHIP_EVERY: Duration = Duration::from_secs(2);
 /// How often a distributed query checks that the workers running its tasks are still members.
 const LOSS_CHECK_EVERY: Duration = Duration::from_millis(250);
 
+/// How long resolving one entry of the membership may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long a worker has to accept a connection to count as live. A connection is accepted by
 /// the kernel, not the process, so a busy worker passes; one whose process is gone is refused
 /// at once.
@@ -165,7 +168,7 @@ impl Cluster {
             .with_runtime_env(runtime)
             .with_version(env!("CARGO_PKG_VERSION"))
         };
-        let members = Arc::new(Members::new(config.query_workers.clone()));
+        let members = Arc::new(Members::new(config.query_workers.clone(), channels.clone()));
         tokio::spawn(Arc::clone(&members).follow(shutdown));
         Ok(Cluster {
             members,
@@ -328,20 +331,27 @@ impl DesiredTaskCountHandler for BigEnough {
 /// check.
 struct Members {
     entries: Vec<String>,
+    /// The addresses each entry resolved to last: an entry that does not resolve for a while
+    /// (a DNS hiccup) keeps them, as the handlers' other channels do.
+    resolved: Mutex<std::collections::HashMap<String, BTreeSet<SocketAddr>>>,
     live: RwLock<Vec<Url>>,
     offset: std::sync::atomic::AtomicUsize,
+    /// The channels to the members, of which those to addresses no longer live are dropped.
+    channels: Channels,
 }
 
 impl Members {
-    fn new(entries: Vec<String>) -> Members {
+    fn new(entries: Vec<String>, channels: Channels) -> Members {
         Members {
             entries: entries
                 .into_iter()
                 .map(|e| e.trim().to_string())
                 .filter(|e| !e.is_empty())
                 .collect(),
+            resolved: Mutex::default(),
             live: RwLock::default(),
             offset: Default::default(),
+            channels,
         }
     }
 
@@ -370,10 +380,23 @@ impl Members {
         for entry in &self.entries {
             let name = entry.strip_prefix("dns://").unwrap_or(entry);
             let name = name.split_once("://").map_or(name, |(_, rest)| rest);
-            match tokio::net::lookup_host(name.trim_end_matches('/')).await {
-                Ok(found) => addrs.extend(found),
-                Err(error) => tracing::warn!(%error, entry, "cannot resolve a query worker"),
+            let lookup = tokio::net::lookup_host(name.trim_end_matches('/'));
+            let found = match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+                Ok(Ok(found)) => Some(found.collect::<BTreeSet<SocketAddr>>()),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, entry, "cannot resolve a query worker");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(entry, "resolving a query worker timed out");
+                    None
+                }
+            };
+            let mut resolved = self.resolved.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(found) = found {
+                resolved.insert(entry.clone(), found);
             }
+            addrs.extend(resolved.get(entry).into_iter().flatten().copied());
         }
         let probes = addrs.into_iter().map(|addr| async move {
             let live = matches!(
@@ -395,6 +418,7 @@ impl Members {
                 "query workers changed"
             );
             metrics::gauge!(sluice_telemetry::names::QUERY_WORKERS).set(live.len() as f64);
+            self.channels.cache.retain(|url, _| live.contains(url));
             *known = live;
         }
     }
@@ -504,8 +528,17 @@ where
             };
             let (parts, mut body) = response.into_parts();
             let (frames, received) = tokio::sync::mpsc::channel(2);
+            // Ends, dropping the worker's stream (which stops its task), as soon as the caller
+            // drops the answer, not at the next frame, which a task that reads all its input
+            // first (an aggregate, a sort, a join's build) would send only at its end.
             runtime.spawn(async move {
-                while let Some(frame) = body.frame().await {
+                loop {
+                    let frame = tokio::select! {
+                        biased;
+                        () = frames.closed() => return,
+                        frame = body.frame() => frame,
+                    };
+                    let Some(frame) = frame else { return };
                     if frames.send(frame).await.is_err() {
                         return;
                     }
@@ -540,7 +573,7 @@ mod tests {
 
     #[test]
     fn tasks_go_round_the_members_and_one_task_stages_stay_with_the_engine() {
-        let members = Members::new(vec![]);
+        let members = Members::new(vec![], Channels::default());
         *members.live.write().unwrap() = vec![
             worker_url("127.0.0.1:1").unwrap(),
             worker_url("127.0.0.1:2").unwrap(),

@@ -241,13 +241,14 @@ pub async fn execute(
         let attempt =
             execute_once(statement.clone(), &snapshot, &distributed, Some(&cluster)).await;
         let outcome = match &attempt.outcome {
-            Ok(answer) if answer.workers.is_empty() => "local",
             Ok(_) => "ok",
+            Err(QueryError::StaysLocal) => "local",
             Err(_) => "error",
         };
         metrics::counter!(names::QUERIES_DISTRIBUTED, "outcome" => outcome).increment(1);
         match attempt.outcome {
             Ok(answer) => return Ok(answer),
+            Err(QueryError::StaysLocal) => {}
             Err(error @ QueryError::WorkerLost(_)) => {
                 tracing::warn!(%error, "a query handler was lost during a distributed query");
                 cluster.check_members().await;
@@ -262,7 +263,16 @@ pub async fn execute(
             // A plan the engine cannot send (an operator of the handler's own, such as a
             // series, in a stage that runs elsewhere), or a query that fails anyway: here, it
             // gets the answer or the error it would get without the cluster.
+            // A worker lost in a way only another worker saw (its error crossed the wire as
+            // text) is still a lost worker.
             Err(error) => {
+                cluster.check_members().await;
+                if let Some(lost) = cluster.lost(&attempt.workers) {
+                    tracing::warn!(%error, lost, "a query handler was lost during a distributed query");
+                    return Err(QueryError::WorkerLost(format!(
+                        "{lost} left the cluster while it ran tasks of the query"
+                    )));
+                }
                 tracing::info!(%error, "the distributed run failed; running the query here");
             }
         }
@@ -286,6 +296,7 @@ pub async fn execute(
                     | QueryError::MemoryLimit(_)),
                 ),
             rules,
+            ..
         } if !rules.is_empty() => (error, rules),
         Attempt { outcome, .. } => return outcome,
     };
@@ -324,6 +335,8 @@ const RERUN_MARGIN: std::time::Duration = std::time::Duration::from_millis(50);
 struct Attempt {
     outcome: Result<Answer, QueryError>,
     rules: Vec<String>,
+    /// The workers a distributed run sent tasks to.
+    workers: Vec<String>,
 }
 
 async fn execute_once(
@@ -338,12 +351,20 @@ async fn execute_once(
             return Attempt {
                 outcome: Err(error),
                 rules: Vec::new(),
+                workers: Vec::new(),
             };
         }
     };
     // A panic in a rule or in one of the handler's operators fails the query, not the task,
     // so that the query can run again without them.
-    let run = AssertUnwindSafe(run_once(&ctx, statement, snapshot, limits)).catch_unwind();
+    let run = AssertUnwindSafe(run_once(
+        &ctx,
+        statement,
+        snapshot,
+        limits,
+        cluster.is_some(),
+    ))
+    .catch_unwind();
     let lost = async {
         let routed = ctx
             .state()
@@ -379,12 +400,19 @@ async fn execute_once(
     if !rules.is_empty() {
         tracing::debug!(?rules, "the handler's rules rewrote the query");
     }
+    let workers = ctx
+        .state()
+        .config()
+        .get_extension::<crate::distributed::Routed>()
+        .map(|routed| routed.stages_and_workers().1)
+        .unwrap_or_default();
     Attempt {
         outcome: outcome.map(|answer| Answer {
             rules: rules.clone(),
             ..answer
         }),
         rules,
+        workers,
     }
 }
 
@@ -393,8 +421,17 @@ async fn run_once(
     statement: Statement,
     snapshot: &Arc<Snapshot>,
     limits: &Limits,
+    distributed: bool,
 ) -> Result<Answer, QueryError> {
     let (physical, cacheable) = plan(ctx, statement).await?;
+    // A plan the distributed planner left on one handler (no scan big enough), or one that holds
+    // an operator of the handler's own (a series), runs here with every rule instead.
+    if distributed
+        && (!physical.is::<datafusion_distributed::DistributedExec>()
+            || physical.exists(|node| Ok(node.name() == crate::series::BOUNDED_EXEC))?)
+    {
+        return Err(QueryError::StaysLocal);
+    }
     let mut stream = execute_stream(cooperative_everywhere(physical)?, ctx.task_ctx())?;
 
     let schema = stream.schema();

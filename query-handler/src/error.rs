@@ -40,6 +40,10 @@ pub enum QueryError {
     WorkerLost(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// A distributed run's plan stays on this handler: the engine runs the query again as a
+    /// local one. Never leaves the engine.
+    #[error("the query's plan stays on one query handler")]
+    StaysLocal,
 }
 
 impl From<DataFusionError> for QueryError {
@@ -96,27 +100,13 @@ fn worker_lost(error: &DataFusionError) -> Option<String> {
         }
         DataFusionError::Context(_, inner) => worker_lost(inner),
         DataFusionError::Shared(inner) => worker_lost(inner),
-        DataFusionError::External(inner) => {
-            if let Some(status) = inner.downcast_ref::<Status>() {
-                Some(format!("{:?}: {}", status.code(), status.message()))
-            } else {
-                inner
-                    .downcast_ref::<DataFusionError>()
-                    .and_then(worker_lost)
-            }
-        }
+        DataFusionError::External(inner) => external_lost(inner.as_ref()),
         DataFusionError::ArrowError(arrow, _) => match arrow.as_ref() {
-            ArrowError::ExternalError(inner) => {
-                if let Some(status) = inner.downcast_ref::<Status>() {
-                    Some(format!("{:?}: {}", status.code(), status.message()))
-                } else {
-                    inner
-                        .downcast_ref::<DataFusionError>()
-                        .and_then(worker_lost)
-                }
-            }
+            ArrowError::ExternalError(inner) => external_lost(inner.as_ref()),
             _ => None,
         },
+        DataFusionError::Diagnostic(_, inner) => worker_lost(inner),
+        DataFusionError::Collection(errors) => errors.iter().find_map(worker_lost),
         DataFusionError::Execution(message)
             if message.contains("Distributed DataFusion worker") =>
         {
@@ -124,6 +114,23 @@ fn worker_lost(error: &DataFusionError) -> Option<String> {
         }
         _ => None,
     }
+}
+
+/// [`worker_lost`] of an error a task's stream carried: a transport failure (the call's
+/// status made on this side: unavailable, unknown, cancelled, or with the error as its source).
+/// A status a live worker sent, such as a refused cluster secret, is not a lost worker: retrying
+/// would fail the same way.
+fn external_lost(inner: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<String> {
+    if let Some(status) = inner.downcast_ref::<Status>() {
+        let transport = matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) || std::error::Error::source(status).is_some();
+        return transport.then(|| format!("{:?}: {}", status.code(), status.message()));
+    }
+    inner
+        .downcast_ref::<DataFusionError>()
+        .and_then(worker_lost)
 }
 
 impl From<ArrowError> for QueryError {
@@ -144,7 +151,7 @@ impl QueryError {
             }
             QueryError::Timeout(_) => tonic::Code::DeadlineExceeded,
             QueryError::Unavailable(_) | QueryError::WorkerLost(_) => tonic::Code::Unavailable,
-            QueryError::Internal(_) => tonic::Code::Internal,
+            QueryError::Internal(_) | QueryError::StaysLocal => tonic::Code::Internal,
         }
     }
 }

@@ -175,9 +175,11 @@ impl Config {
     /// when the queries' memory and the cache together could outgrow the machine.
     pub fn check(&self) -> anyhow::Result<()> {
         self.limits()?;
+        // A worker of distributed queries runs other handlers' tasks in one query's memory more.
+        let shares = self.query_concurrency.max(1) + usize::from(self.distributed.is_on());
         let wanted = self
             .query_memory_bytes
-            .saturating_mul(self.query_concurrency.max(1))
+            .saturating_mul(shares)
             .saturating_add(self.cache_bytes);
         if let Some(available) = machine_memory()
             && wanted > available
@@ -185,8 +187,8 @@ impl Config {
             tracing::warn!(
                 wanted,
                 available,
-                "--query-memory-bytes × --query-concurrency + --cache-bytes is more than this \
-                 machine (or container) has: queries that all use their share would be killed \
+                "--query-memory-bytes × --query-concurrency (+ 1 with --query-workers) + \
+                 --cache-bytes is more than this machine (or container) has: queries that all use their share would be killed \
                  for memory instead of spilling or failing cleanly; lower one of them"
             );
         }
@@ -397,16 +399,14 @@ impl QueryHandlerService {
         let _ = self.inner.cluster.set(cluster);
     }
 
-    /// The runtime a worker of the distributed engine runs other handlers' tasks in: the
-    /// memory of every query slot, and this handler's spill space.
+    /// The runtime a worker of the distributed engine runs tasks in (other handlers', and
+    /// this one's own share of the queries it coordinates): one query's memory more, which
+    /// `Config::check` counts, and this handler's spill space.
     fn worker_runtime(
         &self,
     ) -> anyhow::Result<Arc<datafusion::execution::runtime_env::RuntimeEnv>> {
         let limits = &self.inner.limits;
-        let slots = self.inner.slots.available_permits().max(1);
-        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(
-            limits.memory_bytes.saturating_mul(slots),
-        );
+        let pool = datafusion::execution::memory_pool::GreedyMemoryPool::new(limits.memory_bytes);
         let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(pool));
         runtime.disk_manager = limits.spill.clone();
@@ -885,6 +885,12 @@ pub async fn serve(
     ));
     let service = QueryHandlerService::new(replica.clone(), &config)?;
     let worker = if config.distributed.is_on() {
+        anyhow::ensure!(
+            sluice_proto::cluster::is_set(),
+            "--query-workers needs the cluster secret (SLUICE_CLUSTER_SECRET): the other query \
+             handlers send this one plans to run, and without the secret anyone who reaches its \
+             port could"
+        );
         let cluster = distributed::Cluster::start(
             &config.distributed,
             listener.local_addr()?,

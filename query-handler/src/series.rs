@@ -114,9 +114,12 @@ impl DisplayAs for BoundedExec {
     }
 }
 
+/// [`BoundedExec`]'s name in a plan.
+pub const BOUNDED_EXEC: &str = "BoundedExec";
+
 impl ExecutionPlan for BoundedExec {
     fn name(&self) -> &str {
-        "BoundedExec"
+        BOUNDED_EXEC
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
