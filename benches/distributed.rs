@@ -60,7 +60,10 @@ async fn start(dir: &std::path::Path, n: usize) -> Step {
         ("SLUICE_QUERY_ADDR", api.to_string()),
         ("SLUICE_CACHE_BYTES", "0".to_string()),
         ("SLUICE_QUERY_TIMEOUT_MS", "600000".to_string()),
-        ("SLUICE_DISTRIBUTE_MIN_BYTES", setting("BENCH_MIN_BYTES", "1")),
+        (
+            "SLUICE_DISTRIBUTE_MIN_BYTES",
+            setting("BENCH_MIN_BYTES", "1"),
+        ),
         (
             "SLUICE_DISTRIBUTE_BYTES_PER_TASK",
             setting("BENCH_BYTES_PER_TASK", &(32u64 << 20).to_string()),
