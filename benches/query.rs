@@ -6,6 +6,9 @@
 //! cargo bench --bench query -- quick       # 1,000,000
 //! BENCH_REPEAT=9 cargo bench --bench query # timed runs per query (default 5)
 //! BENCH_KEEP=1 cargo bench --bench query    # keep the generated table (its path is printed)
+//! BENCH_LAYOUT=rounds cargo bench --bench query -- quick  # a file per commit and day, as
+//!                                                         # replication leaves an open day
+//! BENCH_LAYOUT=open cargo bench --bench query -- quick    # the same after the open-day pass
 //! ```
 //!
 //! The replica is a Delta table on local disk (`file://`), written by the consumer's own code in
@@ -54,7 +57,14 @@ async fn main() {
         eprintln!("BENCH_KEEP: the table stays in {}", dir.path().display());
     }
     let started = Instant::now();
-    let replica = analyst::compacted_table(&dir.path().join("data/replica"), batches).await;
+    let table_dir = dir.path().join("data/replica");
+    let layout = std::env::var("BENCH_LAYOUT").unwrap_or_else(|_| "closed".to_string());
+    let replica = match layout.as_str() {
+        "closed" => analyst::compacted_table(&table_dir, batches).await,
+        "rounds" => analyst::rounds_table(&table_dir, batches, false).await,
+        "open" => analyst::rounds_table(&table_dir, batches, true).await,
+        other => panic!("BENCH_LAYOUT={other}: closed, rounds or open"),
+    };
     let rows = batches as usize * analyst::BATCH_ROWS;
     let files = analyst::live_files(&replica, dir.path(), "");
     let bytes: u64 = files.iter().map(|f| f.metadata().unwrap().len()).sum();
@@ -137,7 +147,7 @@ async fn main() {
     let verdict = report.lines().last().unwrap_or_default().to_string();
 
     println!(
-        "\n{rows} notifications, {} Parquet files, {} MB; {repeat} timed runs each, medians; answers: {verdict}\n",
+        "\n{rows} notifications, {} Parquet files ({layout}), {} MB; {repeat} timed runs each, medians; answers: {verdict}\n",
         files.len(),
         bytes >> 20
     );

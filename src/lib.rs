@@ -187,9 +187,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 "maintenance finished"
             );
             println!(
-                "compacted {} files into {}, vacuumed {} files in {}",
+                "compacted {} files into {} (closed days) and {} into {} (open days), vacuumed \
+                 {} files in {}",
                 report.files_removed,
                 report.files_added,
+                report.open_files_removed,
+                report.open_files_added,
                 report.files_deleted,
                 consumer.replica_path
             );

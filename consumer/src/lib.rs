@@ -75,6 +75,12 @@ pub struct Config {
     #[arg(long, env = "SLUICE_COMPACT_ZSTD_LEVEL", default_value_t = 16,
           value_parser = clap::value_parser!(i32).range(1..=22))]
     pub compact_zstd_level: i32,
+    /// Size in MiB of the files that compaction merges the open days (today and later, UTC)
+    /// into, at the append level, so that a day's queries do not open a file per replication
+    /// round (0: leave open days to the closed pass).
+    #[arg(long, env = "SLUICE_COMPACT_OPEN_FILE_MIB", default_value_t = 32,
+          value_parser = clap::value_parser!(u64).range(0..=4096))]
+    pub compact_open_file_mib: u64,
     /// Vacuum keeps files that snapshots younger than this may read. At least 1: the files of
     /// a commit under way are in no snapshot until it lands, and vacuum must not take them.
     #[arg(long, env = "SLUICE_VACUUM_RETENTION_HOURS", default_value_t = 168,
@@ -102,6 +108,7 @@ impl Config {
             list_interval_secs: 2,
             maintenance_interval_secs: 0,
             compact_zstd_level: 16,
+            compact_open_file_mib: 32,
             vacuum_retention_hours: 168,
             dedup_window_days: 7,
             lease_ttl_ms: 2_000,
@@ -129,6 +136,8 @@ impl Config {
             target_file_bytes: 128 << 20,
             zstd_level: self.compact_zstd_level,
             concurrency: 1,
+            open_target_file_bytes: (self.compact_open_file_mib > 0)
+                .then_some(self.compact_open_file_mib << 20),
         }
     }
 }

@@ -6,6 +6,13 @@
 //! zstd 3 to keep freshness, compaction rewrites at [`MaintenanceConfig::zstd_level`] (16 by
 //! default: about 17% smaller than level 3 on whole days, bench/README.md). A day whose
 //! files are already one file is left as it is.
+//!
+//! The open days (today and later, UTC) get a file a replication round, one a second at the
+//! default batching: 86,400 by the end of a day, each opened by every query that reads the day.
+//! They are compacted too, at the append level and into files of
+//! [`MaintenanceConfig::open_target_file_bytes`] (32 MiB by default), a quarter of the closed
+//! days' size: so a closed pass still finds several files in a day and rewrites them at the
+//! archival level, and the open pass rewrites at most one open file's bytes again each time.
 //! Optimize removes files without changing data (`dataChange: false`) and appends never read
 //! what they add to, so Delta's conflict check lets both commit side by side. It also lets two
 //! optimizes of the same files both commit (each removes them and adds a copy: rows doubled),
@@ -38,6 +45,9 @@ pub struct MaintenanceConfig {
     pub zstd_level: i32,
     /// How many partitions compaction rewrites at once, each on one core.
     pub concurrency: usize,
+    /// The size compaction of the open days (today and later) aims for, at the append level;
+    /// `None` leaves them as replication wrote them.
+    pub open_target_file_bytes: Option<u64>,
 }
 
 impl MaintenanceConfig {
@@ -54,36 +64,48 @@ impl MaintenanceConfig {
 /// What one maintenance pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct MaintenanceReport {
+    /// Files of closed days rewritten, and the files that replaced them.
     pub files_removed: u64,
     pub files_added: u64,
+    /// Files of open days rewritten, and the files that replaced them.
+    pub open_files_removed: u64,
+    pub open_files_added: u64,
     pub files_deleted: usize,
 }
 
-/// Compacts every closed partition, then vacuums, as the holder of `fence`.
+/// Compacts every closed partition, then the open ones, then vacuums, as the holder of `fence`.
 pub async fn maintain(
     table: DeltaTable,
     config: &MaintenanceConfig,
     today: chrono::NaiveDate,
     fence: &Fence,
 ) -> Result<(DeltaTable, MaintenanceReport), DeltaTableError> {
-    check_epoch(&table, fence, MAINTENANCE_APP_ID).await?;
     let today = today.format("%Y-%m-%d").to_string();
-    let closed = vec![(
-        crate::schema::PARTITION_COLUMN,
+    let (table, closed) = compact(
+        table,
+        config,
+        fence,
         FilterOp::Lt,
-        FilterValue::Scalar(today.as_str()),
-    )];
-    let (table, optimized) = table
-        .optimize()
-        .with_type(OptimizeType::Compact)
-        .with_filters(&closed)
-        .with_target_size(NonZeroU64::new(config.target_file_bytes.max(1)).expect("at least 1"))
-        .with_writer_properties(crate::replica::writer_properties(config.zstd_level, None)?)
-        .with_max_concurrent_tasks(config.concurrency.max(1))
-        .with_commit_properties(CommitProperties::default().with_application_transaction(
-            Transaction::new(MAINTENANCE_APP_ID, fence.epoch() as i64),
-        ))
-        .await?;
+        &today,
+        config.target_file_bytes,
+        config.zstd_level,
+    )
+    .await?;
+    let (table, open) = match config.open_target_file_bytes {
+        Some(target) => {
+            compact(
+                table,
+                config,
+                fence,
+                FilterOp::Ge,
+                &today,
+                target,
+                crate::replica::REPLICA_ZSTD_LEVEL,
+            )
+            .await?
+        }
+        None => (table, Default::default()),
+    };
     // Vacuum deletes only files no snapshot within the retention references, so it cannot lose
     // rows; it still waits for the lease, to leave a table it no longer commits to alone.
     check_epoch(&table, fence, MAINTENANCE_APP_ID).await?;
@@ -103,11 +125,44 @@ pub async fn maintain(
         tracing::info!(logs_cleaned, "expired log entries deleted");
     }
     let report = MaintenanceReport {
-        files_removed: optimized.num_files_removed,
-        files_added: optimized.num_files_added,
+        files_removed: closed.num_files_removed,
+        files_added: closed.num_files_added,
+        open_files_removed: open.num_files_removed,
+        open_files_added: open.num_files_added,
         files_deleted: vacuumed.files_deleted.len(),
     };
     Ok((table, report))
+}
+
+/// Compacts the partitions whose day is `op` `today` into files of `target` bytes at
+/// `zstd_level`, in one commit that records the holder's epoch (no commit when no partition
+/// has two files to merge).
+async fn compact(
+    table: DeltaTable,
+    config: &MaintenanceConfig,
+    fence: &Fence,
+    op: FilterOp,
+    today: &str,
+    target: u64,
+    zstd_level: i32,
+) -> Result<(DeltaTable, deltalake::operations::optimize::Metrics), DeltaTableError> {
+    check_epoch(&table, fence, MAINTENANCE_APP_ID).await?;
+    let days = vec![(
+        crate::schema::PARTITION_COLUMN,
+        op,
+        FilterValue::Scalar(today),
+    )];
+    table
+        .optimize()
+        .with_type(OptimizeType::Compact)
+        .with_filters(&days)
+        .with_target_size(NonZeroU64::new(target.max(1)).expect("at least 1"))
+        .with_writer_properties(crate::replica::writer_properties(zstd_level, None)?)
+        .with_max_concurrent_tasks(config.concurrency.max(1))
+        .with_commit_properties(CommitProperties::default().with_application_transaction(
+            Transaction::new(MAINTENANCE_APP_ID, fence.epoch() as i64),
+        ))
+        .await
 }
 
 /// Runs [`maintain`] every `config.interval` on its own handle of the table, while `fence`'s

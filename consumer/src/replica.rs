@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::RecordBatch;
-use deltalake::kernel::Transaction;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
 use deltalake::operations::write::SchemaMode;
 use deltalake::parquet::basic::{Compression, Encoding, ZstdLevel};
 use deltalake::parquet::file::properties::WriterProperties;
@@ -27,6 +27,9 @@ use crate::schema::{PARTITION_COLUMN, delta_columns};
 /// level 3 but slowed replication enough to hurt freshness (bench/README.md); compaction of
 /// closed days recompresses at [`crate::Config::compact_zstd_level`].
 pub const REPLICA_ZSTD_LEVEL: i32 = 3;
+
+/// The most commits [`Replica::changes_no_rows`] reads.
+const MAX_COMMITS_READ: u64 = 64;
 
 /// Where the replica lives inside the store, unless told otherwise.
 pub const DEFAULT_REPLICA_PATH: &str = "replica";
@@ -159,6 +162,38 @@ impl Replica {
     /// Reloads the latest committed version.
     pub async fn refresh(&mut self) -> Result<(), DeltaTableError> {
         self.table.update_state().await
+    }
+
+    /// Whether the commits after version `after` up to `upto` leave every row where it was
+    /// in the table's contents: compactions (files added and removed without `dataChange`), a
+    /// lease holder's claim, metadata. False when one adds or removes data, when a commit cannot
+    /// be read (cleaned from the log), or past [`MAX_COMMITS_READ`] commits, where reading them
+    /// would cost more than what it saves.
+    pub async fn changes_no_rows(&self, after: u64, upto: u64) -> Result<bool, DeltaTableError> {
+        if upto <= after {
+            return Ok(true);
+        }
+        if upto - after > MAX_COMMITS_READ {
+            return Ok(false);
+        }
+        let log = self.table.log_store();
+        for version in after + 1..=upto {
+            let Some(commit) = log.read_commit_entry(version).await? else {
+                return Ok(false);
+            };
+            let changes_rows = deltalake::logstore::get_actions(version, &commit)?
+                .iter()
+                .any(|action| match action {
+                    Action::Add(add) => add.data_change,
+                    Action::Remove(remove) => remove.data_change,
+                    Action::Cdc(_) => true,
+                    _ => false,
+                });
+            if changes_rows {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// The last batch sequence committed for `producer` (0 when none), as the latest loaded

@@ -139,6 +139,8 @@ pub struct Replicator {
     /// The table version whose rows `seen` holds for its days; `None` while a round changes
     /// it, so that a round that fails between checking and committing leaves it to be reloaded.
     seen_version: Option<u64>,
+    /// Scans of day partitions that loaded keys into `seen`.
+    key_loads: u64,
     /// The lease this replicator commits under; it stops when the lease is lost.
     fence: Arc<Fence>,
 }
@@ -162,12 +164,20 @@ impl Replicator {
             progress,
             seen: SeenKeys::new(),
             seen_version: None,
+            key_loads: 0,
             fence,
         }
     }
 
     pub fn table(&self) -> &deltalake::DeltaTable {
         self.replica.table()
+    }
+
+    /// How many times a round loaded keys from the table into its index (each a scan of
+    /// `platform` and `id` in the days it lacked): at start, for a new or late day, and after
+    /// another commit changed the table's rows.
+    pub fn key_loads(&self) -> u64 {
+        self.key_loads
     }
 
     pub fn progress(&self) -> Arc<Progress> {
@@ -410,10 +420,15 @@ impl Replicator {
         }
 
         // 3. Drop the copies of notifications that the table or an earlier row holds. The index
-        //    must describe the table this round commits onto; any other commit (compaction, a
-        //    second committer) since it was loaded makes it reload.
+        //    must describe the rows of the table this round commits onto: a commit since it was
+        //    loaded that changes rows (a second committer) makes it reload; one that only moves
+        //    them between files (a compaction, every maintenance pass) does not.
         let base_version = self.replica.version();
-        if self.seen_version != Some(base_version) {
+        let still_true = match self.seen_version {
+            Some(seen) => self.keys_unchanged(seen, base_version).await,
+            None => false,
+        };
+        if !still_true {
             self.seen.clear();
         }
         self.seen_version = None;
@@ -445,7 +460,7 @@ impl Replicator {
             .replica
             .append(vec![batch], &last_sequences, &self.fence)
             .await?;
-        if version == base_version + 1 {
+        if self.keys_unchanged(base_version, version - 1).await {
             self.seen_version = Some(version);
         }
         let today = day_of(chrono::Utc::now().timestamp_micros());
@@ -542,6 +557,22 @@ impl Replicator {
         })
     }
 
+    /// Whether the table's rows at version `upto` are those at `after` (see
+    /// [`crate::replica::Replica::changes_no_rows`]); a commit that cannot be read counts as a
+    /// change.
+    async fn keys_unchanged(&self, after: u64, upto: u64) -> bool {
+        if after > upto {
+            return false;
+        }
+        match self.replica.changes_no_rows(after, upto).await {
+            Ok(unchanged) => unchanged,
+            Err(error) => {
+                tracing::warn!(%error, after, upto, "cannot read the replica's commits; reloading its keys");
+                false
+            }
+        }
+    }
+
     /// Loads into the index the keys that the table holds for those of `days` it does not hold
     /// yet: one scan of those day partitions, reading `platform` and `id` only.
     async fn load_days(&mut self, days: &BTreeSet<Day>) -> anyhow::Result<()> {
@@ -565,6 +596,7 @@ impl Replicator {
             .select_columns(&[PARTITION_COLUMN, "platform", "id"])?
             .execute_stream()
             .await?;
+        self.key_loads += 1;
         for day in &missing {
             self.seen.hold_day(*day);
         }

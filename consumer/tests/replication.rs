@@ -17,7 +17,7 @@ use sluice_core::storage::{Storage, StorageUrl};
 use tokio_util::sync::CancellationToken;
 
 const DAY: i64 = 86_400_000_000;
-/// 2026-11-01T00:00:00Z
+/// 2025-11-01T00:00:00Z
 const NOV_1: i64 = 1_761_955_200_000_000;
 
 fn records(producer: &str, sequence: u64, rows: usize, day_offset: i64) -> Arc<[Notification]> {
@@ -231,6 +231,7 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         target_file_bytes: 128 << 20,
         zstd_level: 16,
         concurrency: 1,
+        open_target_file_bytes: Some(32 << 20),
     };
     let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
     let (_, report) = maintain(replica.table().clone(), &config, today, &Fence::sole())
@@ -241,10 +242,88 @@ async fn compaction_merges_closed_partitions_and_keeps_every_row() {
         (12, 2),
         "{report:?}"
     );
+    assert_eq!(
+        (report.open_files_removed, report.open_files_added),
+        (0, 0),
+        "no open day: {report:?}"
+    );
     assert!(
         report.files_deleted >= 12,
         "vacuum removed the compacted files: {report:?}"
     );
+    assert_eq!(count(&setup).await, (240, 240));
+}
+
+/// The sizes of the files of `table`'s snapshot, in the directory the test wrote it to.
+fn file_sizes(table: &deltalake::DeltaTable) -> Vec<u64> {
+    table
+        .get_file_uris()
+        .unwrap()
+        .map(|uri| {
+            let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
+            std::fs::metadata(path).unwrap().len()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn compaction_merges_the_open_days_at_the_append_level_and_leaves_closing_them_to_the_closed_pass()
+ {
+    let setup = setup().await;
+    let mut replicator = replicator(&setup).await;
+    // Six small commits, each touching today (2025-11-01 here) and tomorrow.
+    for sequence in 1..=6u64 {
+        let mut rows: Vec<Notification> = records("prod-a", sequence, 20, 0).to_vec();
+        rows.extend(records("prod-a", sequence + 100, 20, 1).iter().cloned());
+        write_copies(&setup.master, "prod-a", sequence, rows).await;
+        replicator.list_master().await.unwrap();
+        replicator.replicate_ready().await.unwrap();
+    }
+    let replica = open_replica(&setup.storage, "replica").await.unwrap();
+    let appended = file_sizes(replica.table());
+    assert_eq!(appended.len(), 12);
+    let nov = |day| chrono::NaiveDate::from_ymd_opt(2025, 11, day).unwrap();
+
+    // Off: the open days stay as replication wrote them.
+    let off = MaintenanceConfig {
+        open_target_file_bytes: None,
+        ..sluice_consumer::Config::for_tests().maintenance()
+    };
+    let (table, report) = maintain(replica.table().clone(), &off, nov(1), &Fence::sole())
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+    assert_eq!(
+        table.version(),
+        replica.table().version(),
+        "nothing committed"
+    );
+
+    // On, with files of about two appends: each day's six files become two or three, at the
+    // append level, every row kept once.
+    let target = 2 * appended.iter().max().unwrap() + 1;
+    let on = MaintenanceConfig {
+        open_target_file_bytes: Some(target),
+        ..off
+    };
+    let (table, report) = maintain(table, &on, nov(1), &Fence::sole()).await.unwrap();
+    assert_eq!(report.open_files_removed, 12, "{report:?}");
+    let merged = report.open_files_added;
+    assert!((4..=6).contains(&merged), "{report:?}");
+    assert_eq!((report.files_removed, report.files_added), (0, 0));
+    assert_eq!(file_sizes(&table).len() as u64, merged);
+    assert_eq!(count(&setup).await, (240, 240));
+
+    // Once both days are closed, the closed pass merges each day's files into one at the
+    // archival level.
+    let (table, report) = maintain(table, &on, nov(23), &Fence::sole()).await.unwrap();
+    assert_eq!(
+        (report.files_removed, report.files_added),
+        (merged, 2),
+        "{report:?}"
+    );
+    assert_eq!(report.open_files_removed, 0, "{report:?}");
+    assert_eq!(file_sizes(&table).len(), 2);
     assert_eq!(count(&setup).await, (240, 240));
 }
 
@@ -297,14 +376,7 @@ async fn compacted_bytes(zstd_level: i32) -> (u64, i64) {
         .await
         .unwrap();
     assert_eq!((report.files_removed, report.files_added), (4, 1));
-    let bytes = table
-        .get_file_uris()
-        .unwrap()
-        .map(|uri| {
-            let path = uri.strip_prefix("file://").unwrap_or(&uri).to_string();
-            std::fs::metadata(path).unwrap().len()
-        })
-        .sum();
+    let bytes = file_sizes(&table).iter().sum();
     (bytes, count(&setup).await.0)
 }
 
@@ -405,27 +477,51 @@ async fn a_notification_stored_by_several_producers_is_replicated_once() {
     assert_eq!((report.rows, report.duplicates), (60, 60), "{report:?}");
     assert_eq!(count(&setup).await, (210, 210));
 
-    // A compaction commits meanwhile: the index no longer describes the table it commits onto
-    // and is reloaded. A batch that holds only copies still records its producer's progress.
+    // A compaction commits meanwhile (of the open days: Nov 1 is today here): it moves rows between
+    // files, so the index still holds the table's keys and is not loaded again. A batch that
+    // holds only copies still records its producer's progress.
+    let loads = second.key_loads();
     let replica = open_replica(&setup.storage, "replica").await.unwrap();
     let config = MaintenanceConfig {
         concurrency: 1,
         ..sluice_consumer::Config::for_tests().maintenance()
     };
-    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
-    let (compacted, _) = maintain(replica.table().clone(), &config, today, &Fence::sole())
+    let today = chrono::NaiveDate::from_ymd_opt(2025, 11, 1).unwrap();
+    let (compacted, report) = maintain(replica.table().clone(), &config, today, &Fence::sole())
         .await
         .unwrap();
     assert!(
-        compacted.version() > replica.table().version(),
-        "compaction committed"
+        compacted.version() > replica.table().version() && report.open_files_removed >= 2,
+        "compaction committed: {report:?}"
     );
     write_copies(&setup.master, "prod-d", 1, copies(0..10, 0)).await;
     second.list_master().await.unwrap();
     let report = second.replicate_ready().await.unwrap();
     assert_eq!((report.rows, report.duplicates), (0, 10), "{report:?}");
     assert_eq!(second.progress().replicated("prod-d"), 1);
+    assert_eq!(
+        second.key_loads(),
+        loads,
+        "the index outlived the compactions"
+    );
     assert_eq!(count(&setup).await, (210, 210));
+    drop(replica);
+
+    // Another committer's rows change the table's keys: the index is loaded again, and copies
+    // of what that committer stored are dropped.
+    write_copies(&setup.master, "prod-e", 1, copies(300..310, 0)).await;
+    let report = replicator(&setup).await.replicate_ready().await.unwrap();
+    assert_eq!((report.rows, report.duplicates), (10, 0), "{report:?}");
+    write_copies(&setup.master, "prod-f", 1, copies(300..310, 0)).await;
+    second.list_master().await.unwrap();
+    let report = second.replicate_ready().await.unwrap();
+    assert_eq!((report.rows, report.duplicates), (0, 10), "{report:?}");
+    assert_eq!(
+        second.key_loads(),
+        loads + 1,
+        "another committer's rows reload the index"
+    );
+    assert_eq!(count(&setup).await, (220, 220));
 
     // A replay of the master into a new table keeps the same notifications, once each.
     let replayed = sluice_consumer::replay(
@@ -437,13 +533,13 @@ async fn a_notification_stored_by_several_producers_is_replicated_once() {
     .unwrap();
     assert_eq!(
         (replayed.rows, replayed.duplicates),
-        (210, 121),
+        (220, 131),
         "{replayed:?}"
     );
     let replica = open_replica(&setup.storage, "replayed").await.unwrap();
     let keys =
         "SELECT count(*) FROM (SELECT DISTINCT platform, id, occurred_at FROM notifications)";
-    assert_eq!(query(&replica, keys).await, vec![210]);
+    assert_eq!(query(&replica, keys).await, vec![220]);
 }
 
 fn lease_store(setup: &Setup, holder: &str, ttl_ms: u64) -> LeaseStore {

@@ -154,6 +154,41 @@ pub(crate) async fn compacted_table(table_dir: &Path, batches: u64) -> Replica {
         .unwrap()
 }
 
+/// The table as replication leaves open days: generated batches `1..=batches` in a new Delta
+/// table at `table_dir`, a commit per batch (10,000 rows, a file per day it touches); then, with
+/// `open_pass`, compacted as the consumer's maintenance compacts open days (every generated
+/// day is today or later), else left as written.
+#[allow(dead_code)] // for benches/query.rs, which includes this file
+pub(crate) async fn rounds_table(table_dir: &Path, batches: u64, open_pass: bool) -> Replica {
+    std::fs::create_dir_all(table_dir).unwrap();
+    let url = url::Url::from_directory_path(table_dir).unwrap();
+    let mut replica = Replica::open_or_create(url, Default::default())
+        .await
+        .unwrap();
+    load(&mut replica, "generated", 1..batches + 1, 1).await;
+    if !open_pass {
+        return replica;
+    }
+    let maintenance = sluice_consumer::Config::for_tests()
+        .maintenance()
+        .on_every_core();
+    let first_day = chrono::DateTime::from_timestamp_micros(START_MICROS)
+        .unwrap()
+        .date_naive();
+    let (table, report) = sluice_consumer::maintenance::maintain(
+        replica.table().clone(),
+        &maintenance,
+        first_day,
+        &sluice_consumer::lease::Fence::sole(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.files_removed, 0, "{report:?}");
+    Replica::open_or_create(table.table_url().clone(), Default::default())
+        .await
+        .unwrap()
+}
+
 /// The suite's queries, `(name, sql)`, in file order.
 pub(crate) fn suite() -> Vec<(String, String)> {
     let text = std::fs::read_to_string(SUITE).unwrap();
