@@ -9,6 +9,7 @@
 //! BENCH_LAYOUT=rounds cargo bench --bench query -- quick  # a file per commit and day, as
 //!                                                         # replication leaves an open day
 //! BENCH_LAYOUT=open cargo bench --bench query -- quick    # the same after the open-day pass
+//! BENCH_RULES=0 cargo bench --bench query  # the suite against DuckDB only, not each rule off
 //! ```
 //!
 //! The replica is a Delta table on local disk (`file://`), written by the consumer's own code in
@@ -124,17 +125,7 @@ async fn main() {
     drop(to_duckdb);
     assert!(duckdb.wait().unwrap().success());
 
-    let expected = dir.path().join("duckdb.json");
-    support::run_python([
-        analyst::SUITE_PY,
-        "run",
-        "--files",
-        list.to_str().unwrap(),
-        "--suite",
-        analyst::SUITE,
-        "--out",
-        expected.to_str().unwrap(),
-    ]);
+    let expected = analyst::duckdb_suite(dir.path(), &files);
     let compared = std::process::Command::new(support::python())
         .args([analyst::SUITE_PY, "compare", "--suite", analyst::SUITE])
         .arg("--expected")
@@ -170,6 +161,9 @@ async fn main() {
         names.len()
     );
     assert!(compared.status.success(), "{report}");
+    if std::env::var("BENCH_RULES").is_ok_and(|rules| rules == "0") {
+        return;
+    }
 
     // What each rule of the handler buys: handlers with one rule off, and with every rule off,
     // each pass followed by one of the handler with all of them on.

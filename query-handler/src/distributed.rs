@@ -531,7 +531,9 @@ where
             // Ends, dropping the worker's stream (which stops its task), as soon as the caller
             // drops the answer, not at the next frame, which a task that reads all its input
             // first (an aggregate, a sort, a join's build) would send only at its end.
+            let streaming = Streaming::start();
             runtime.spawn(async move {
+                let _streaming = streaming;
                 loop {
                     let frame = tokio::select! {
                         biased;
@@ -550,6 +552,23 @@ where
             let body = tonic::body::Body::new(http_body_util::StreamBody::new(stream));
             Ok(HttpResponse::from_parts(parts, body))
         })
+    }
+}
+
+/// One answer to another handler, counted in [`sluice_telemetry::names::QUERY_WORKER_STREAMS`]
+/// while its body is sent.
+struct Streaming;
+
+impl Streaming {
+    fn start() -> Self {
+        metrics::gauge!(sluice_telemetry::names::QUERY_WORKER_STREAMS).increment(1.0);
+        Streaming
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        metrics::gauge!(sluice_telemetry::names::QUERY_WORKER_STREAMS).decrement(1.0);
     }
 }
 

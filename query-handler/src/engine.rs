@@ -365,13 +365,13 @@ async fn execute_once(
         cluster.is_some(),
     ))
     .catch_unwind();
+    let routed = ctx
+        .state()
+        .config()
+        .get_extension::<crate::distributed::Routed>();
     let lost = async {
-        let routed = ctx
-            .state()
-            .config()
-            .get_extension::<crate::distributed::Routed>();
-        match (cluster, routed) {
-            (Some(cluster), Some(routed)) => cluster.until_lost(&routed).await,
+        match (cluster, &routed) {
+            (Some(cluster), Some(routed)) => cluster.until_lost(routed).await,
             _ => std::future::pending().await,
         }
     };
@@ -400,15 +400,15 @@ async fn execute_once(
     if !rules.is_empty() {
         tracing::debug!(?rules, "the handler's rules rewrote the query");
     }
-    let workers = ctx
-        .state()
-        .config()
-        .get_extension::<crate::distributed::Routed>()
-        .map(|routed| routed.stages_and_workers().1)
+    // Where it ran: the stages, and the handlers that ran the tasks of those of more than one.
+    let (stages, workers) = routed
+        .map(|routed| routed.stages_and_workers())
         .unwrap_or_default();
     Attempt {
         outcome: outcome.map(|answer| Answer {
             rules: rules.clone(),
+            stages: if workers.is_empty() { 0 } else { stages },
+            workers: workers.clone(),
             ..answer
         }),
         rules,
@@ -455,12 +455,6 @@ async fn run_once(
         }
     }
     writer.finish()?;
-    let (stages, workers) = ctx
-        .state()
-        .config()
-        .get_extension::<crate::distributed::Routed>()
-        .map(|routed| routed.stages_and_workers())
-        .unwrap_or_default();
     Ok(Answer {
         ipc: writer.into_inner()?,
         rows,
@@ -468,8 +462,8 @@ async fn run_once(
         cacheable,
         rules: Vec::new(),
         fallback: String::new(),
-        stages: if workers.is_empty() { 0 } else { stages },
-        workers,
+        stages: 0,
+        workers: Vec::new(),
     })
 }
 

@@ -55,6 +55,7 @@ pub const QUERY_SECONDS: &str = "sluice_query_seconds";
 pub const QUERY_TIMEOUTS: &str = "sluice_query_timeouts_total";
 pub const QUERY_WORKERS: &str = "sluice_query_workers";
 pub const QUERIES_DISTRIBUTED: &str = "sluice_queries_distributed_total";
+pub const QUERY_WORKER_STREAMS: &str = "sluice_query_worker_streams";
 
 /// A series: its name, unit and HELP text.
 type Series = (&'static str, Unit, &'static str);
@@ -190,6 +191,11 @@ const GAUGES: &[Series] = &[
         QUERY_WORKERS,
         Count,
         "Query handlers live for distributed queries, this one included",
+    ),
+    (
+        QUERY_WORKER_STREAMS,
+        Count,
+        "Answer streams of tasks this handler runs for other handlers' queries, now",
     ),
 ];
 

@@ -242,16 +242,73 @@ pub(crate) fn columns_and_rows(answer: &Value) -> Value {
 /// Runs every suite query through the query API: `{name: {"columns": [names], "rows": [...]}}`
 /// as `analyst_suite.py compare` reads it, and each answer's server-side milliseconds.
 pub(crate) async fn run_suite(api: SocketAddr) -> (Value, BTreeMap<String, f64>) {
+    let (results, answers) = suite_answers(api).await;
+    let elapsed = answers
+        .into_iter()
+        .map(|(name, answer)| (name, answer["elapsed_ms"].as_f64().unwrap()))
+        .collect();
+    (results, elapsed)
+}
+
+/// [`run_suite`]'s results, and each query's whole answer by name, in suite order.
+pub(crate) async fn suite_answers(api: SocketAddr) -> (Value, Vec<(String, Value)>) {
     let client = crate::support::client();
     let mut results = serde_json::Map::new();
-    let mut elapsed = BTreeMap::new();
+    let mut answers = Vec::new();
     for (name, sql) in suite() {
         let (status, answer) = query(&client, api, json!({"sql": sql})).await;
         assert!(status.is_success(), "{name}: {status} {answer}");
         results.insert(name.clone(), columns_and_rows(&answer));
-        elapsed.insert(name, answer["elapsed_ms"].as_f64().unwrap());
+        answers.push((name, answer));
     }
-    (Value::Object(results), elapsed)
+    (Value::Object(results), answers)
+}
+
+/// DuckDB's answers to the suite over `files` (`analyst_suite.py run`), written into `dir`;
+/// returns their path.
+#[allow(dead_code)] // for benches/query.rs; the other benchmarks that include this file ask no DuckDB
+pub(crate) fn duckdb_suite(dir: &Path, files: &[PathBuf]) -> PathBuf {
+    let list = file_list(dir, files);
+    let expected = dir.join("duckdb.json");
+    let ran = std::process::Command::new(crate::support::python())
+        .args([SUITE_PY, "run", "--files"])
+        .arg(&list)
+        .args(["--suite", SUITE, "--out"])
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    expected
+}
+
+/// Compares `actual` (a suite run, written into `dir` as `{label}.json`) with the answers at
+/// `expected` (`analyst_suite.py compare`); panics with the comparer's report unless every
+/// query of the suite matches.
+#[allow(dead_code)] // the benchmarks that include this file compare without asserting
+pub(crate) fn assert_suite_matches(dir: &Path, label: &str, expected: &Path, actual: &Value) {
+    let path = dir.join(format!("{label}.json"));
+    std::fs::write(&path, actual.to_string()).unwrap();
+    let compared = std::process::Command::new(crate::support::python())
+        .args([SUITE_PY, "compare", "--expected"])
+        .arg(expected)
+        .arg("--actual")
+        .arg(&path)
+        .args(["--suite", SUITE])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&compared.stdout);
+    let queries = suite().len();
+    assert!(queries >= 10);
+    assert!(
+        compared.status.success()
+            && report.contains(&format!("suite: {queries} queries, 0 mismatches")),
+        "{label}: {report}\n{}",
+        String::from_utf8_lossy(&compared.stderr)
+    );
 }
 
 /// The local paths of the Parquet files the table's current version reads. A table in S3 is

@@ -8,15 +8,14 @@
 //! - A handler killed (kill -9) in the middle of a distributed query fails that query with a
 //!   clear, retryable 503 well within the query's timeout; the next query runs on the two left.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice_consumer::replica::Replica;
 
-use crate::analyst::{self, SUITE, SUITE_PY, columns_and_rows, file_list, live_files, load, query};
+use crate::analyst::{assert_suite_matches, duckdb_suite, live_files, load, query, suite_answers};
 use crate::read_path::{start_read_side, start_read_side_on};
-use crate::support::{BUCKET, S3Server, python};
+use crate::support::{BUCKET, S3Server};
 
 /// Every query over the replica is big enough to distribute, in tasks of 256 KiB of files.
 const DISTRIBUTE_EVERYTHING: [(&str, &str); 3] = [
@@ -36,46 +35,6 @@ fn workers_of(answer: &Value) -> Vec<String> {
         .as_array()
         .map(|w| w.iter().map(|u| u.as_str().unwrap().to_string()).collect())
         .unwrap_or_default()
-}
-
-/// Runs the suite through the query API at `api`: the comparers' answers, and each query's
-/// answer metadata by name.
-async fn run_suite(api: std::net::SocketAddr) -> (Value, Vec<(String, Value)>) {
-    let client = crate::support::client();
-    let mut results = serde_json::Map::new();
-    let mut answers = Vec::new();
-    for (name, sql) in analyst::suite() {
-        let (status, answer) = query(&client, api, json!({"sql": sql})).await;
-        assert!(status.is_success(), "{name}: {status} {answer}");
-        results.insert(name.clone(), columns_and_rows(&answer));
-        answers.push((name, answer));
-    }
-    (Value::Object(results), answers)
-}
-
-/// Compares `actual` (a suite run) with DuckDB's `expected` answers; panics with the report.
-fn compare(dir: &std::path::Path, label: &str, expected: &std::path::Path, actual: &Value) {
-    let path = dir.join(format!("{label}.json"));
-    std::fs::write(&path, actual.to_string()).unwrap();
-    let compared = Command::new(python())
-        .args([SUITE_PY, "compare", "--expected"])
-        .arg(expected)
-        .arg("--actual")
-        .arg(&path)
-        .args(["--suite", SUITE])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&compared.stdout);
-    assert!(
-        compared.status.success(),
-        "{label}: {report}\n{}",
-        String::from_utf8_lossy(&compared.stderr)
-    );
-    let queries = analyst::suite().len();
-    assert!(
-        report.contains(&format!("suite: {queries} queries, 0 mismatches")),
-        "{label}: {report}"
-    );
 }
 
 /// Counts the notifications per platform until the answer ran on more than one handler: a
@@ -159,8 +118,8 @@ async fn three_handlers_answer_the_analyst_suite_as_one_handler_and_duckdb_do() 
         "{refused}"
     );
 
-    let (distributed, answers) = run_suite(together.api).await;
-    let (local, local_answers) = run_suite(alone.api).await;
+    let (distributed, answers) = suite_answers(together.api).await;
+    let (local, local_answers) = suite_answers(alone.api).await;
     assert!(
         local_answers
             .iter()
@@ -184,22 +143,9 @@ async fn three_handlers_answer_the_analyst_suite_as_one_handler_and_duckdb_do() 
     // DuckDB reads the Parquet files of the table's current version from the bucket's
     // directory on disk.
     let files = live_files(&replica, &s3.bucket_dir(BUCKET), BUCKET);
-    let list = file_list(dir.path(), &files);
-    let expected = dir.path().join("duckdb.json");
-    let ran = Command::new(python())
-        .args([SUITE_PY, "run", "--files"])
-        .arg(&list)
-        .args(["--suite", SUITE, "--out"])
-        .arg(&expected)
-        .output()
-        .unwrap();
-    assert!(
-        ran.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    compare(dir.path(), "distributed", &expected, &distributed);
-    compare(dir.path(), "local", &expected, &local);
+    let expected = duckdb_suite(dir.path(), &files);
+    assert_suite_matches(dir.path(), "distributed", &expected, &distributed);
+    assert_suite_matches(dir.path(), "local", &expected, &local);
     eprintln!(
         "distributed: {} of {} suite queries ran on more than one handler",
         spread.len(),
@@ -226,7 +172,28 @@ async fn a_handler_killed_mid_query_fails_that_query_with_a_503_and_the_next_run
     let (status, detached) = query(&client, read.api, json!({"sql": slow, "async": true})).await;
     assert_eq!(status, 202, "{detached}");
     let id = detached["query_id"].as_str().unwrap().to_string();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The kill falls while the third handler sends tasks' answers to the coordinator.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metrics = reqwest::get(format!("http://{}/metrics", read.handler_metrics[2]))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let streams = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix("sluice_query_worker_streams "))
+            .and_then(|value| value.trim().parse::<f64>().ok());
+        if streams.is_some_and(|streams| streams > 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the third handler never ran a task of the query: {streams:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let killed = Instant::now();
     read.handlers[2].kill9();
 

@@ -7,7 +7,7 @@ use std::process::Command;
 use serde_json::{Value, json};
 use sluice_consumer::replica::Replica;
 
-use crate::analyst::{SUITE, SUITE_PY, load, query, run_suite};
+use crate::analyst::{SUITE, assert_suite_matches, load, query, run_suite};
 use crate::read_path::start_read_side;
 use crate::support::{BUCKET, S3Server, TEST_KEY, python};
 
@@ -67,24 +67,11 @@ async fn adbc_gets_the_rows_of_the_rest_read_path_and_binds_parameters_with_a_re
     ]);
     eprintln!("{out}");
     let (rest, _) = run_suite(read.api).await;
+    let flight_answers: Value =
+        serde_json::from_str(&std::fs::read_to_string(&flight_json).unwrap()).unwrap();
     let rest_json = dir.path().join("rest.json");
     std::fs::write(&rest_json, rest.to_string()).unwrap();
-    let compared = Command::new(python())
-        .args([SUITE_PY, "compare", "--expected"])
-        .arg(&rest_json)
-        .arg("--actual")
-        .arg(&flight_json)
-        .args(["--suite", SUITE])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&compared.stdout);
-    let queries = crate::analyst::suite().len();
-    assert!(
-        compared.status.success()
-            && report.contains(&format!("suite: {queries} queries, 0 mismatches")),
-        "{report}\n{}",
-        String::from_utf8_lossy(&compared.stderr)
-    );
+    assert_suite_matches(dir.path(), "flight", &rest_json, &flight_answers);
     // The same SQL over REST is the answer Flight SQL's query left in the cache.
     let client = crate::support::client();
     let (_, first) = crate::analyst::suite().into_iter().next().unwrap();

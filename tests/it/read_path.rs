@@ -5,16 +5,15 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use deltalake::arrow::ipc::reader::StreamReader;
 use serde_json::{Value, json};
 use sluice_consumer::replica::Replica;
 
-use crate::analyst::{self, SUITE, SUITE_PY, file_list, live_files, load, query, run_suite};
+use crate::analyst::{assert_suite_matches, duckdb_suite, live_files, load, query, run_suite};
 use crate::support::{
-    All, BUCKET, S3Server, Sluice, free_addr, get_json, python, start_all, wait_for_port,
+    All, BUCKET, S3Server, Sluice, free_addr, get_json, start_all, wait_for_port,
 };
 
 /// Query handlers and a query API, as separate processes, over the S3 server's replica.
@@ -27,6 +26,8 @@ pub(crate) struct ReadSide {
     pub(crate) handler_addr: SocketAddr,
     /// Every query handler's gRPC port, in the order of `handlers`.
     pub(crate) handler_addrs: Vec<SocketAddr>,
+    /// Every query handler's `/metrics` port, in the order of `handlers`.
+    pub(crate) handler_metrics: Vec<SocketAddr>,
 }
 
 /// One query handler and a query API.
@@ -56,24 +57,22 @@ pub(crate) async fn start_read_side_on(
         env.push(("SLUICE_QUERY_WORKERS".into(), workers.join(",")));
     }
     env.extend(settings.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let handler_metrics: Vec<SocketAddr> = (0..handlers).map(|_| free_addr()).collect();
     let handler_env = |addr: SocketAddr| {
         let mut env = env.clone();
         env.push(("SLUICE_QUERY_HANDLER_ADDR".into(), addr.to_string()));
         env
     };
     let mut processes = Vec::new();
-    for (i, addr) in handler_addrs.iter().enumerate() {
+    for (i, (addr, metrics)) in handler_addrs.iter().zip(&handler_metrics).enumerate() {
         let name = if i == 0 {
             "query-handler".to_string()
         } else {
             format!("query-handler-{i}")
         };
-        processes.push(Sluice::spawn(
-            &["query-handler"],
-            &handler_env(*addr),
-            dir,
-            &name,
-        ));
+        let mut env = handler_env(*addr);
+        env.push(("SLUICE_METRICS_ADDR".into(), metrics.to_string()));
+        processes.push(Sluice::spawn(&["query-handler"], &env, dir, &name));
     }
     let api_process = Sluice::spawn(
         &["query-api"],
@@ -81,8 +80,9 @@ pub(crate) async fn start_read_side_on(
         dir,
         "query-api",
     );
-    for (addr, process) in handler_addrs.iter().zip(&processes) {
+    for ((addr, metrics), process) in handler_addrs.iter().zip(&handler_metrics).zip(&processes) {
         wait_for_port(*addr, process).await;
+        wait_for_port(*metrics, process).await;
     }
     wait_for_port(api, &api_process).await;
     // The handler answers 503 until it has loaded the replica.
@@ -106,6 +106,7 @@ pub(crate) async fn start_read_side_on(
         api,
         handler_addr: handler_addrs[0],
         handler_addrs,
+        handler_metrics,
     }
 }
 
@@ -141,46 +142,12 @@ async fn the_analyst_suite_over_a_million_notifications_matches_duckdb_and_repea
     let started = Instant::now();
     let (sluice, _) = run_suite(read.api).await;
     eprintln!("suite through Sluice in {:?}", started.elapsed());
-    let actual = dir.path().join("sluice.json");
-    std::fs::write(&actual, sluice.to_string()).unwrap();
 
     // DuckDB reads the very Parquet files of the table's current version, from the bucket's
     // directory on disk.
     let files = live_files(&replica, &s3.bucket_dir(BUCKET), BUCKET);
-    let list = file_list(dir.path(), &files);
-    let expected = dir.path().join("duckdb.json");
-    let ran = Command::new(python())
-        .args([SUITE_PY, "run", "--files"])
-        .arg(&list)
-        .args(["--suite", SUITE, "--out"])
-        .arg(&expected)
-        .output()
-        .unwrap();
-    assert!(
-        ran.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
-    let compared = Command::new(python())
-        .args([SUITE_PY, "compare", "--expected"])
-        .arg(&expected)
-        .arg("--actual")
-        .arg(&actual)
-        .args(["--suite", SUITE])
-        .output()
-        .unwrap();
-    let report = String::from_utf8_lossy(&compared.stdout);
-    assert!(
-        compared.status.success(),
-        "{report}\n{}",
-        String::from_utf8_lossy(&compared.stderr)
-    );
-    let queries = analyst::suite().len();
-    assert!(queries >= 10);
-    assert!(
-        report.contains(&format!("suite: {queries} queries, 0 mismatches")),
-        "{report}"
-    );
+    let expected = duckdb_suite(dir.path(), &files);
+    assert_suite_matches(dir.path(), "sluice", &expected, &sluice);
 
     // A repeat is answered from the cache, without DataFusion. (How fast a hit is, is for the
     // benchmarks; here it only has to skip the work the first answer did.)
