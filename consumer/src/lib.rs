@@ -9,7 +9,8 @@
 //!   and commits each producer's segments in sequence order with their `txn` versions.
 //! - [`dedup`]: the keys of the notifications the table holds, by day, so that a copy stored
 //!   by another node is not committed twice.
-//! - [`maintenance`]: compaction of closed partitions and vacuum, beside replication.
+//! - [`maintenance`]: compaction of the day partitions and vacuum, beside replication.
+//! - [`fenced_log`]: the log store compactions commit through, which fences them like appends.
 //! - [`lease`]: one committer at a time. Several consumers may run; the one that holds the
 //!   replica's lease replicates and maintains, the others stand by and take over when it dies.
 //!
@@ -20,6 +21,7 @@
 //! readiness probe) sends those calls to it.
 
 pub mod dedup;
+pub mod fenced_log;
 pub mod lease;
 pub mod maintenance;
 pub mod replica;
@@ -67,7 +69,7 @@ pub struct Config {
     /// How often to list master/ for segments no publisher announced.
     #[arg(long, env = "SLUICE_LIST_INTERVAL_SECS", default_value_t = 30)]
     pub list_interval_secs: u64,
-    /// How often to compact closed partitions and vacuum (0: never).
+    /// How often to compact the replica's days and vacuum (0: never).
     #[arg(long, env = "SLUICE_MAINTENANCE_INTERVAL_SECS", default_value_t = 600)]
     pub maintenance_interval_secs: u64,
     /// zstd level at which compaction rewrites closed days (1-22). High levels cost CPU once per

@@ -12,19 +12,19 @@
 //! They are compacted too, at the append level and into files of
 //! [`MaintenanceConfig::open_target_file_bytes`] (32 MiB by default), a quarter of the closed
 //! days' size: so a closed pass still finds several files in a day and rewrites them at the
-//! archival level, and the open pass rewrites at most one open file's bytes again each time.
+//! archival level, and the open pass rewrites about one partial file's bytes again each time.
 //! Optimize removes files without changing data (`dataChange: false`) and appends never read
 //! what they add to, so Delta's conflict check lets both commit side by side. It also lets two
 //! optimizes of the same files both commit (each removes them and adds a copy: rows doubled),
 //! so maintenance runs only under the replica's lease ([`crate::lease`]), and each compaction
-//! records the holder's epoch as the Delta transaction `sluice:maintenance`: two compactions
-//! that overlap in time conflict on it, whichever consumers run them.
+//! commits through [`crate::fenced_log`], which records the holder's epoch as the Delta
+//! transaction `sluice:maintenance` and refuses a compaction after a newer holder's claim or
+//! another compaction of the same files, whichever consumers run them. (delta-rs's `optimize`
+//! drops the transactions of the commit properties it is given.)
 
 use std::num::NonZeroU64;
 use std::time::Duration;
 
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::CommitProperties;
 use deltalake::operations::optimize::OptimizeType;
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{DeltaTable, DeltaTableError, FilterOp, FilterValue};
@@ -152,17 +152,18 @@ async fn compact(
         op,
         FilterValue::Scalar(today),
     )];
-    table
+    let log = table.log_store();
+    // The fence gives the commit `(sluice:maintenance, epoch)` and refuses it after a newer
+    // holder's claim or another compaction of the same files (crate::fenced_log).
+    let (table, metrics) = crate::fenced_log::fenced(table, fence.epoch())
         .optimize()
         .with_type(OptimizeType::Compact)
         .with_filters(&days)
         .with_target_size(NonZeroU64::new(target.max(1)).expect("at least 1"))
         .with_writer_properties(crate::replica::writer_properties(zstd_level, None)?)
         .with_max_concurrent_tasks(config.concurrency.max(1))
-        .with_commit_properties(CommitProperties::default().with_application_transaction(
-            Transaction::new(MAINTENANCE_APP_ID, fence.epoch() as i64),
-        ))
-        .await
+        .await?;
+    Ok((crate::fenced_log::with_log_store(table, log), metrics))
 }
 
 /// Runs [`maintain`] every `config.interval` on its own handle of the table, while `fence`'s

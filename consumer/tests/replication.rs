@@ -674,6 +674,88 @@ async fn a_holder_that_lost_the_lease_cannot_commit_rows_or_compactions() {
 }
 
 #[tokio::test]
+async fn a_compaction_planned_before_another_compaction_or_a_newer_claim_does_not_commit() {
+    let setup = setup().await;
+    let mut replicator = replicator(&setup).await;
+    let round = |sequence: u64| {
+        let mut rows: Vec<Notification> = records("prod-a", sequence, 20, 0).to_vec();
+        rows.extend(records("prod-a", sequence + 100, 20, 1).iter().cloned());
+        let master = setup.master.clone();
+        async move { write_copies(&master, "prod-a", sequence, rows).await }
+    };
+    for sequence in 1..=3 {
+        round(sequence).await;
+        replicator.list_master().await.unwrap();
+        replicator.replicate_ready().await.unwrap();
+    }
+    let config = sluice_consumer::Config::for_tests().maintenance();
+    let today = chrono::NaiveDate::from_ymd_opt(2026, 11, 23).unwrap();
+    let rewritten = |error: deltalake::DeltaTableError| {
+        let text = error.to_string().to_lowercase();
+        assert!(text.contains("concurrent transaction"), "{error}");
+    };
+
+    // Two compactions of the same six files, the second planned on the version before the
+    // first committed (a holder paused mid-pass while another pass ran): the second gives way,
+    // where delta-rs alone would have committed it and doubled every row.
+    let paused = open_replica(&setup.storage, "replica").await.unwrap();
+    let first = open_replica(&setup.storage, "replica").await.unwrap();
+    let (_, report) = maintain(first.table().clone(), &config, today, &Fence::sole())
+        .await
+        .unwrap();
+    assert_eq!((report.files_removed, report.files_added), (6, 2));
+    rewritten(
+        maintain(paused.table().clone(), &config, today, &Fence::sole())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(count(&setup).await, (120, 120));
+
+    // A compaction planned by the holder of epoch 0 before the holder of epoch 1 claimed the
+    // table gives way too.
+    for sequence in 4..=6 {
+        round(sequence).await;
+        replicator.list_master().await.unwrap();
+        replicator.replicate_ready().await.unwrap();
+    }
+    let paused = open_replica(&setup.storage, "replica").await.unwrap();
+    let mut next = open_replica(&setup.storage, "replica").await.unwrap();
+    next.claim(&Fence::fixed(1)).await.unwrap();
+    rewritten(
+        maintain(paused.table().clone(), &config, today, &Fence::sole())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(count(&setup).await, (240, 240));
+
+    // The new holder compacts; its commit records its epoch.
+    next.refresh().await.unwrap();
+    let (table, report) = maintain(next.table().clone(), &config, today, &Fence::fixed(1))
+        .await
+        .unwrap();
+    assert_eq!((report.files_removed, report.files_added), (8, 2));
+    assert_eq!(count(&setup).await, (240, 240));
+    let log = table.log_store();
+    let version = table.version().unwrap();
+    let commit = log.read_commit_entry(version).await.unwrap().unwrap();
+    let actions: Vec<serde_json::Value> = commit
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(|line| serde_json::from_slice(line).unwrap())
+        .collect();
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["commitInfo"]["operation"] == "OPTIMIZE"),
+        "{actions:?}"
+    );
+    let txns: Vec<&serde_json::Value> = actions.iter().filter_map(|a| a.get("txn")).collect();
+    assert_eq!(txns.len(), 1, "{actions:?}");
+    assert_eq!(txns[0]["appId"], "sluice:maintenance");
+    assert_eq!(txns[0]["version"], 1);
+}
+
+#[tokio::test]
 async fn on_a_store_without_put_if_absent_a_second_consumer_refuses_to_run() {
     let setup = setup().await;
     let never = CancellationToken::new();
