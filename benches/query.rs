@@ -188,21 +188,7 @@ async fn main() {
         // The same answers, to the suite's tolerances (floats sum in another order, and an
         // approximate percentile merges its partitions' digests as they finish).
         let (answers_off, _) = analyst::run_suite(api_off).await;
-        let off_json = dir.path().join("sluice-off.json");
-        std::fs::write(&off_json, answers_off.to_string()).unwrap();
-        let same = std::process::Command::new(support::python())
-            .args([analyst::SUITE_PY, "compare", "--suite", analyst::SUITE])
-            .arg("--expected")
-            .arg(&actual)
-            .arg("--actual")
-            .arg(&off_json)
-            .output()
-            .unwrap();
-        assert!(
-            same.status.success(),
-            "{label}: the answers differ from those with every rule on:\n{}",
-            String::from_utf8_lossy(&same.stdout)
-        );
+        analyst::assert_suite_matches(dir.path(), &label, &actual, &answers_off);
         let mut off_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         let mut on_ms: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for _ in 0..repeat {

@@ -131,27 +131,20 @@ pub(crate) async fn load(
 /// as the consumer's maintenance leaves closed days.
 #[allow(dead_code)] // for benches/query.rs and benches/lookup.rs, which include this file
 pub(crate) async fn compacted_table(table_dir: &Path, batches: u64) -> Replica {
-    std::fs::create_dir_all(table_dir).unwrap();
-    let url = url::Url::from_directory_path(table_dir).unwrap();
-    let mut replica = Replica::open_or_create(url, Default::default())
-        .await
-        .unwrap();
-    load(&mut replica, "generated", 1..batches + 1, 20).await;
-    // Every generated day is closed: compact them all as the consumer's maintenance does.
-    let maintenance = sluice_consumer::Config::for_tests()
-        .maintenance()
-        .on_every_core();
-    let (table, _) = sluice_consumer::maintenance::maintain(
-        replica.table().clone(),
-        &maintenance,
-        chrono::NaiveDate::MAX,
-        &sluice_consumer::lease::Fence::sole(),
-    )
-    .await
-    .unwrap();
-    Replica::open_or_create(table.table_url().clone(), Default::default())
-        .await
+    let replica = new_table(table_dir, batches, 20).await;
+    // Every generated day is closed the day after the ten: compact them all as the consumer's
+    // maintenance does.
+    let (replica, report) = maintained(replica, first_day() + chrono::Days::new(10)).await;
+    assert_eq!(report.open_files_removed, 0, "{report:?}");
+    replica
+}
+
+/// The day of the first generated event.
+#[allow(dead_code)] // for compacted_table and rounds_table, the benchmarks' tables
+fn first_day() -> chrono::NaiveDate {
+    chrono::DateTime::from_timestamp_micros(START_MICROS)
         .unwrap()
+        .date_naive()
 }
 
 /// The table as replication leaves open days: generated batches `1..=batches` in a new Delta
@@ -160,33 +153,48 @@ pub(crate) async fn compacted_table(table_dir: &Path, batches: u64) -> Replica {
 /// day is today or later), else left as written.
 #[allow(dead_code)] // for benches/query.rs, which includes this file
 pub(crate) async fn rounds_table(table_dir: &Path, batches: u64, open_pass: bool) -> Replica {
+    let replica = new_table(table_dir, batches, 1).await;
+    if !open_pass {
+        return replica;
+    }
+    let (replica, report) = maintained(replica, first_day()).await;
+    assert_eq!(report.files_removed, 0, "{report:?}");
+    replica
+}
+
+/// Generated batches `1..=batches` in a new Delta table at `table_dir`, `per_commit` a commit.
+#[allow(dead_code)] // for compacted_table and rounds_table, the benchmarks' tables
+async fn new_table(table_dir: &Path, batches: u64, per_commit: usize) -> Replica {
     std::fs::create_dir_all(table_dir).unwrap();
     let url = url::Url::from_directory_path(table_dir).unwrap();
     let mut replica = Replica::open_or_create(url, Default::default())
         .await
         .unwrap();
-    load(&mut replica, "generated", 1..batches + 1, 1).await;
-    if !open_pass {
-        return replica;
-    }
+    load(&mut replica, "generated", 1..batches + 1, per_commit).await;
+    replica
+}
+
+/// `replica` after a pass of the consumer's maintenance on every core, as on `today`.
+#[allow(dead_code)] // for compacted_table and rounds_table, the benchmarks' tables
+async fn maintained(
+    replica: Replica,
+    today: chrono::NaiveDate,
+) -> (Replica, sluice_consumer::maintenance::MaintenanceReport) {
     let maintenance = sluice_consumer::Config::for_tests()
         .maintenance()
         .on_every_core();
-    let first_day = chrono::DateTime::from_timestamp_micros(START_MICROS)
-        .unwrap()
-        .date_naive();
     let (table, report) = sluice_consumer::maintenance::maintain(
         replica.table().clone(),
         &maintenance,
-        first_day,
+        today,
         &sluice_consumer::lease::Fence::sole(),
     )
     .await
     .unwrap();
-    assert_eq!(report.files_removed, 0, "{report:?}");
-    Replica::open_or_create(table.table_url().clone(), Default::default())
+    let replica = Replica::open_or_create(table.table_url().clone(), Default::default())
         .await
-        .unwrap()
+        .unwrap();
+    (replica, report)
 }
 
 /// The suite's queries, `(name, sql)`, in file order.
@@ -288,7 +296,7 @@ pub(crate) fn duckdb_suite(dir: &Path, files: &[PathBuf]) -> PathBuf {
 /// Compares `actual` (a suite run, written into `dir` as `{label}.json`) with the answers at
 /// `expected` (`analyst_suite.py compare`); panics with the comparer's report unless every
 /// query of the suite matches.
-#[allow(dead_code)] // the benchmarks that include this file compare without asserting
+#[allow(dead_code)] // for the tests and benches/query.rs; benches/lookup.rs and distributed.rs ask no DuckDB
 pub(crate) fn assert_suite_matches(dir: &Path, label: &str, expected: &Path, actual: &Value) {
     let path = dir.join(format!("{label}.json"));
     std::fs::write(&path, actual.to_string()).unwrap();
