@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use deltalake::kernel::transaction::{CommitConflictError, TransactionError};
+use deltalake::kernel::{Action, Transaction};
 use deltalake::logstore::{CommitOrBytes, LogStore, LogStoreConfig, LogStoreRef};
 use deltalake::{DeltaResult, DeltaTable};
 use object_store::ObjectStore;
@@ -60,24 +61,14 @@ struct Entry {
     removed: Vec<String>,
 }
 
-fn entry(bytes: &[u8]) -> Result<Entry, serde_json::Error> {
+fn entry(version: u64, bytes: &Bytes) -> DeltaResult<Entry> {
     let mut entry = Entry::default();
-    for line in bytes.split(|b| *b == b'\n') {
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let action: serde_json::Value = serde_json::from_slice(line)?;
-        if let Some(info) = action.get("commitInfo") {
-            entry.read_version = info.get("readVersion").and_then(serde_json::Value::as_u64);
-        } else if let Some(txn) = action.get("txn") {
-            entry.maintenance |=
-                txn.get("appId").and_then(serde_json::Value::as_str) == Some(MAINTENANCE_APP_ID);
-        } else if let Some(path) = action
-            .get("remove")
-            .and_then(|remove| remove.get("path"))
-            .and_then(serde_json::Value::as_str)
-        {
-            entry.removed.push(path.to_string());
+    for action in deltalake::logstore::get_actions(version, bytes)? {
+        match action {
+            Action::CommitInfo(info) => entry.read_version = info.read_version,
+            Action::Txn(txn) => entry.maintenance |= txn.app_id == MAINTENANCE_APP_ID,
+            Action::Remove(remove) => entry.removed.push(remove.path),
+            _ => {}
         }
     }
     Ok(entry)
@@ -106,7 +97,7 @@ impl FencedLog {
                 .await
                 .map_err(|error| refused(format!("commit {since} cannot be read: {error}")))?
                 .ok_or_else(|| refused(format!("commit {since} is not in the log")))?;
-            let between = entry(&bytes)
+            let between = entry(since, &bytes)
                 .map_err(|error| refused(format!("commit {since} does not parse: {error}")))?;
             if between.maintenance {
                 tracing::warn!(
@@ -157,19 +148,20 @@ impl LogStore for FencedLog {
                 "compactions commit only on stores with put-if-absent".into(),
             ));
         };
-        let planned =
-            entry(&bytes).map_err(|json_err| TransactionError::SerializeLogJson { json_err })?;
+        let planned = entry(version, &bytes)
+            .map_err(|error| refused(format!("a compaction's commit does not parse: {error}")))?;
         self.check(&planned, version).await?;
-        let txn = serde_json::json!({"txn": {
-            "appId": MAINTENANCE_APP_ID,
-            "version": self.epoch,
-            "lastUpdated": chrono::Utc::now().timestamp_millis(),
-        }});
+        let txn = Action::Txn(Transaction::new_with_last_update(
+            MAINTENANCE_APP_ID,
+            self.epoch as i64,
+            Some(chrono::Utc::now().timestamp_millis()),
+        ));
         let mut fenced = bytes.to_vec();
         if !fenced.ends_with(b"\n") {
             fenced.push(b'\n');
         }
-        fenced.extend_from_slice(txn.to_string().as_bytes());
+        serde_json::to_writer(&mut fenced, &txn)
+            .map_err(|json_err| TransactionError::SerializeLogJson { json_err })?;
         fenced.push(b'\n');
         self.inner
             .write_commit_entry(
@@ -216,11 +208,11 @@ mod tests {
     fn an_entry_names_its_plan_its_maintenance_transaction_and_its_removals() {
         let bytes = br#"{"commitInfo":{"operation":"OPTIMIZE","readVersion":7}}
 {"remove":{"path":"day=2026-01-01/a.parquet","dataChange":false}}
-{"add":{"path":"day=2026-01-01/b.parquet","dataChange":false}}
+{"add":{"path":"day=2026-01-01/b.parquet","partitionValues":{"day":"2026-01-01"},"size":1,"modificationTime":0,"dataChange":false}}
 {"txn":{"appId":"sluice:maintenance","version":3}}
 "#;
         assert_eq!(
-            entry(bytes).unwrap(),
+            entry(1, &Bytes::from_static(bytes)).unwrap(),
             Entry {
                 read_version: Some(7),
                 maintenance: true,
@@ -228,7 +220,10 @@ mod tests {
             }
         );
         let append = br#"{"txn":{"appId":"sluice:committer","version":3}}
-{"add":{"path":"day=2026-01-01/c.parquet","dataChange":true}}"#;
-        assert_eq!(entry(append).unwrap(), Entry::default());
+{"add":{"path":"day=2026-01-01/c.parquet","partitionValues":{"day":"2026-01-01"},"size":1,"modificationTime":0,"dataChange":true}}"#;
+        assert_eq!(
+            entry(2, &Bytes::from_static(append)).unwrap(),
+            Entry::default()
+        );
     }
 }

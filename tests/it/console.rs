@@ -169,17 +169,36 @@ impl Browser {
     }
 }
 
-/// Waits until the replica holds every notification posted, so that SQL answers stop moving.
+/// Waits until the replica holds every notification posted and the query API's answer counts
+/// them all (the handler sees a new version at its next look, every second), so that SQL
+/// answers stop moving.
 async fn settle(all: &All, posted: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (replicated, stats) = replicated_count(all.ingest).await;
         if replicated as usize >= posted {
-            return;
+            break;
         }
         assert!(
             Instant::now() < deadline,
             "{replicated} of {posted} replicated: {stats}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        let answer: Value = query(all, SQL, "json").await.json().await.unwrap();
+        let counted: u64 = answer["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| row[1].as_u64().unwrap())
+            .sum();
+        if counted as usize >= posted {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the handler answers {counted} of {posted}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -290,26 +309,6 @@ async fn the_console_draws_the_live_board_and_answers_sql_in_a_real_browser() {
     load.await.unwrap();
     let posted = posted.load(Ordering::Relaxed);
     settle(&all, posted).await;
-    // The query handler sees the replica's last version at its next look (every second): the
-    // browser asks once the query API's answer holds every notification.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let answer: Value = query(&all, SQL, "json").await.json().await.unwrap();
-        let counted: u64 = answer["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| row[1].as_u64().unwrap())
-            .sum();
-        if counted as usize >= posted {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the handler answers {counted} of {posted}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     browser.tell("sql").await;
 
     let sql = browser.report("sql").await;
