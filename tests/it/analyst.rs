@@ -278,18 +278,16 @@ pub(crate) async fn suite_answers(api: SocketAddr) -> (Value, Vec<(String, Value
 pub(crate) fn duckdb_suite(dir: &Path, files: &[PathBuf]) -> PathBuf {
     let list = file_list(dir, files);
     let expected = dir.join("duckdb.json");
-    let ran = std::process::Command::new(crate::support::python())
-        .args([SUITE_PY, "run", "--files"])
-        .arg(&list)
-        .args(["--suite", SUITE, "--out"])
-        .arg(&expected)
-        .output()
-        .unwrap();
-    assert!(
-        ran.status.success(),
-        "{}",
-        String::from_utf8_lossy(&ran.stderr)
-    );
+    crate::support::run_python([
+        SUITE_PY,
+        "run",
+        "--files",
+        list.to_str().unwrap(),
+        "--suite",
+        SUITE,
+        "--out",
+        expected.to_str().unwrap(),
+    ]);
     expected
 }
 
